@@ -1,0 +1,17 @@
+"""Exceptions whose messages a user can act on; the CLI prints them without a traceback."""
+
+
+class ScoreboxError(Exception):
+    """Base of every error scorebox raises on purpose."""
+
+
+class ConfigError(ScoreboxError):
+    """A setting is missing or invalid."""
+
+
+class DataError(ScoreboxError):
+    """The feature table (or a row in it) cannot be used as asked."""
+
+
+class ModelError(ScoreboxError):
+    """The registered model is missing, inconsistent or was not trained by scorebox."""

@@ -1,0 +1,17 @@
+"""Alembic environment: runs the migrations on the connection ``scorebox.migrate`` passes in."""
+
+from alembic import context
+
+from scorebox.db import build_metadata
+from scorebox.migrate import VERSION_TABLE
+
+config = context.config
+connection = config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=build_metadata(config.attributes["predictions_table"]),
+    version_table=VERSION_TABLE,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

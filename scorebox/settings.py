@@ -1,0 +1,130 @@
+"""The one settings object, read from ``SCOREBOX_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from scorebox.errors import ConfigError
+
+ENV_PREFIX = "SCOREBOX_"
+
+# A plain SQL identifier, optionally schema-qualified; anything else is refused outright
+# rather than quoted, so a name like `x; DROP TABLE y` never reaches the database.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+Task = Literal["classification", "regression"]
+Estimator = Literal[
+    "hist_gradient_boosting",
+    "random_forest",
+    "logistic_regression",
+    "ridge",
+    "linear_regression",
+]
+
+
+def check_identifier(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid (optionally schema-qualified) SQL identifier."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise ValueError(
+            f"{what} {value!r} is not a valid SQL identifier "
+            "(letters, digits and _, not starting with a digit, optionally schema.name)"
+        )
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything scorebox can be told; every field maps to ``SCOREBOX_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/scorebox"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_name: str = "scorebox"
+    model_tag: str = "latest"
+    feature_table: str = "features"
+    id_column: str = "id"
+    feature_columns: Annotated[list[str] | None, NoDecode] = None
+    target_column: str = "target"
+    task: Task | None = None
+    estimator: Estimator | None = None
+    test_size: float = Field(0.2, gt=0, lt=1)
+    random_state: int = 42
+    predictions_table: str = "predictions"
+    service_url: str = "http://127.0.0.1:3000"
+    api_token: SecretStr | None = None
+
+    @field_validator("feature_table", "predictions_table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        return check_identifier(value, "table name")
+
+    @field_validator("id_column", "target_column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if "." in value:
+            raise ValueError(f"column name {value!r} must not contain a dot")
+        return check_identifier(value, "column name")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,62}$", value):
+            raise ValueError(
+                f"model name {value!r} must be lower-case letters, digits, '_', '-' or '.'"
+            )
+        return value
+
+    @field_validator("feature_columns", mode="before")
+    @classmethod
+    def _split_columns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+            if not value:
+                return None
+        return value
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _feature_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for name in value:
+                if "." in name:
+                    raise ValueError(f"column name {name!r} must not contain a dot")
+                check_identifier(name, "column name")
+            if len(set(value)) != len(value):
+                raise ValueError("a column is listed twice")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("must be a postgresql:// or sqlite:// URL")
+        return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and ``overrides``), or raise one clear ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; only entry points call this, code takes settings as arguments."""
+    return load_settings()

@@ -1,0 +1,86 @@
+"""Real-server fixtures: each test run gets its own PostgreSQL database, each test its own
+schema (through search_path), its own BentoML home and its own Redis db number."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+# BentoML reads its home when first imported: point it at this run's directory before that.
+_BENTO_HOME = Path(tempfile.mkdtemp(prefix="scorebox-test-bentoml-"))
+os.environ["BENTOML_HOME"] = str(_BENTO_HOME)
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
+
+from scorebox.db import make_engine  # noqa: E402
+from scorebox.settings import Settings, load_settings  # noqa: E402
+
+PG_HOST = os.environ.get("SCOREBOX_TEST_PG_HOST", "127.0.0.1")
+PG_ADMIN = f"host={PG_HOST} port=5432 user=postgres dbname=postgres"
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    """This run's BentoML home (model store)."""
+    return _BENTO_HOME
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[str]:
+    """A database of this run's own, dropped at the end."""
+    name = f"scorebox_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def schema(database: str) -> str:
+    """A fresh schema in this run's database, for one test."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(
+        f"host={PG_HOST} user=postgres dbname={database}", autocommit=True
+    ) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    return name
+
+
+@pytest.fixture
+def database_url(database: str, schema: str) -> str:
+    """A URL whose connections see only this test's schema."""
+    options = quote(f"-csearch_path={schema}")
+    return f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}?options={options}"
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for this test: its own schema, the default table names."""
+    return load_settings(database_url=database_url, model_name="scorebox-test")
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    """An engine on this test's schema."""
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def env(settings: Settings, bentoml_home: Path) -> dict[str, str]:
+    """Environment for running scorebox commands as processes against this test's schema."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+    return base | {
+        "SCOREBOX_DATABASE_URL": settings.database_url,
+        "SCOREBOX_MODEL_NAME": settings.model_name,
+        "BENTOML_HOME": str(bentoml_home),
+    }

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import pytest
+
+from scorebox.errors import ConfigError
+from scorebox.settings import load_settings
+
+
+def test_settings_read_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCOREBOX_FEATURE_TABLE", "analytics.customers")
+    monkeypatch.setenv("SCOREBOX_FEATURE_COLUMNS", "age, income,tenure")
+    monkeypatch.setenv("SCOREBOX_TASK", "regression")
+    monkeypatch.setenv("SCOREBOX_API_TOKEN", "s3cret")
+    settings = load_settings()
+    assert settings.feature_table == "analytics.customers"
+    assert settings.feature_columns == ["age", "income", "tenure"]
+    assert settings.task == "regression"
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_empty_feature_columns_means_every_numeric_column() -> None:
+    assert load_settings(feature_columns="").feature_columns is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [
+        ("feature_table", "x; DROP TABLE y", "SCOREBOX_FEATURE_TABLE"),
+        ("predictions_table", "a.b.c", "SCOREBOX_PREDICTIONS_TABLE"),
+        ("id_column", "1st", "SCOREBOX_ID_COLUMN"),
+        ("feature_columns", "ok,bad column", "SCOREBOX_FEATURE_COLUMNS"),
+        ("feature_columns", "a,a", "SCOREBOX_FEATURE_COLUMNS"),
+        ("task", "clustering", "SCOREBOX_TASK"),
+        ("estimator", "xgboost", "SCOREBOX_ESTIMATOR"),
+        ("database_url", "mysql://x", "SCOREBOX_DATABASE_URL"),
+        ("model_name", "Bad Name", "SCOREBOX_MODEL_NAME"),
+        ("test_size", "1.5", "SCOREBOX_TEST_SIZE"),
+    ],
+)
+def test_invalid_setting_names_its_variable(field: str, value: str, variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(**{field: value})
+
+
+def test_cli_reports_invalid_setting_without_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scorebox", "train"],
+        env={"SCOREBOX_FEATURE_TABLE": "x; DROP TABLE y", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "SCOREBOX_FEATURE_TABLE" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -1,0 +1,47 @@
+"""Saving a fitted pipeline to the BentoML model store with its scorebox metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import bentoml
+import joblib
+from sklearn.pipeline import Pipeline
+
+from scorebox.errors import ModelError
+from scorebox.modelinfo import ModelInfo
+
+# The file name bentoml.sklearn.save_model writes the pickled pipeline to.
+ARTIFACT = "saved_model.pkl"
+
+
+def artifact_sha256(pipeline: Pipeline) -> str:
+    """SHA-256 of the bytes joblib writes for ``pipeline``: what save_model will store."""
+    buffer = io.BytesIO()
+    joblib.dump(pipeline, buffer)
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def register(name: str, pipeline: Pipeline, info: ModelInfo) -> bentoml.Model:
+    """Save to the model store; the stored artifact must hash to ``info.artifact_sha256``."""
+    signatures = {"predict": {"batchable": True}}
+    if info.task == "classification":
+        signatures["predict_proba"] = {"batchable": True}
+    saved = bentoml.sklearn.save_model(
+        name,
+        pipeline,
+        signatures=signatures,
+        labels={"task": info.task, "trained_by": "scorebox"},
+        metadata=info.to_metadata(),
+    )
+    model = bentoml.models.get(saved.tag)  # the stored copy, not the build directory
+    stored = hashlib.sha256(Path(model.path_of(ARTIFACT)).read_bytes()).hexdigest()
+    if stored != info.artifact_sha256:
+        bentoml.models.delete(model.tag)
+        raise ModelError(
+            f"the stored artifact of {model.tag} does not match the trained pipeline "
+            f"(sha256 {stored} != {info.artifact_sha256}); the model was removed"
+        )
+    return model
