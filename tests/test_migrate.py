@@ -49,6 +49,7 @@ def test_missing_postgres_database_is_created_once() -> None:
 
 def test_unreachable_database_is_a_clear_error() -> None:
     engine = make_engine("postgresql://postgres@127.0.0.1:1/scorebox")
-    with pytest.raises(ConfigError, match=r"cannot reach the database at .*:1/scorebox \(SCOREBOX_DATABASE_URL\): .*refused"):
+    expected = r"cannot reach the database at .*:1/scorebox \(SCOREBOX_DATABASE_URL\): .*refused"
+    with pytest.raises(ConfigError, match=expected):
         wait_for_database(engine, timeout=0.5, interval=0.1)
     engine.dispose()
