@@ -3,12 +3,16 @@ service and the worker."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scorebox.errors import ModelError
 
 FORMAT = 1
+# The file bentoml.sklearn.save_model writes the pickled pipeline to.
+ARTIFACT = "saved_model.pkl"
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,13 @@ class ModelInfo:
             return cls(**data)
         except TypeError as exc:
             raise ModelError(f"model {tag} has incomplete scorebox metadata: {exc}") from None
+
+
+def verify_artifact(model_dir: Path, info: ModelInfo, tag: str) -> None:
+    """Refuse to unpickle an artifact whose SHA-256 is not the one training recorded."""
+    digest = hashlib.sha256((model_dir / ARTIFACT).read_bytes()).hexdigest()
+    if digest != info.artifact_sha256:
+        raise ModelError(
+            f"model {tag}: {ARTIFACT} has SHA-256 {digest}, but training recorded "
+            f"{info.artifact_sha256}; refusing to load it"
+        )

@@ -7,6 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,7 +21,11 @@ import pytest  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 
 from scorebox.db import make_engine  # noqa: E402
+from scorebox.migrate import upgrade  # noqa: E402
+from scorebox.modelinfo import ModelInfo  # noqa: E402
+from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
+from tests.processes import serving  # noqa: E402
 
 PG_HOST = os.environ.get("SCOREBOX_TEST_PG_HOST", "127.0.0.1")
 PG_ADMIN = f"host={PG_HOST} port=5432 user=postgres dbname=postgres"
@@ -75,12 +80,58 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def env(settings: Settings, bentoml_home: Path) -> dict[str, str]:
-    """Environment for running scorebox commands as processes against this test's schema."""
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for running scorebox processes with ``settings``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
     return base | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
-        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_HOME": str(_BENTO_HOME),
+        **extra,
     }
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """Environment for running scorebox commands as processes against this test's schema."""
+    return process_env(settings)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The example model, trained once a run for the tests that serve or score with it."""
+
+    settings: Settings
+    tag: str
+    info: ModelInfo
+
+
+@pytest.fixture(scope="session")
+def trained(database: str) -> TrainedModel:
+    """Seed the example table in a schema of its own and train the model on it."""
+    from training import train
+
+    schema = f"served_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
+    settings = load_settings(
+        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}", model_name="served"
+    )
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine, settings.predictions_table)
+        with engine.begin() as conn:
+            seed(conn, settings.feature_table, id_column="id", target_column="target")
+        result = train(settings, engine)
+    finally:
+        engine.dispose()
+    return TrainedModel(settings, result.tag, result.info)
+
+
+@pytest.fixture(scope="session")
+def service_url(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service (`bentoml serve .`) over the trained example model, without auth."""
+    log = tmp_path_factory.mktemp("service") / "serve.log"
+    with serving(process_env(trained.settings), log) as url:
+        yield url

@@ -11,10 +11,7 @@ import joblib
 from sklearn.pipeline import Pipeline
 
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo
-
-# The file name bentoml.sklearn.save_model writes the pickled pipeline to.
-ARTIFACT = "saved_model.pkl"
+from scorebox.modelinfo import ModelInfo, verify_artifact
 
 
 def artifact_sha256(pipeline: Pipeline) -> str:
@@ -37,11 +34,12 @@ def register(name: str, pipeline: Pipeline, info: ModelInfo) -> bentoml.Model:
         metadata=info.to_metadata(),
     )
     model = bentoml.models.get(saved.tag)  # the stored copy, not the build directory
-    stored = hashlib.sha256(Path(model.path_of(ARTIFACT)).read_bytes()).hexdigest()
-    if stored != info.artifact_sha256:
+    try:
+        verify_artifact(Path(model.path), info, str(model.tag))
+    except ModelError:
         bentoml.models.delete(model.tag)
         raise ModelError(
-            f"the stored artifact of {model.tag} does not match the trained pipeline "
-            f"(sha256 {stored} != {info.artifact_sha256}); the model was removed"
-        )
+            f"the stored artifact of {model.tag} does not match the trained pipeline; "
+            "the model was removed"
+        ) from None
     return model

@@ -1,0 +1,1 @@
+"""The HTTP face of the model: a BentoML service (``service.service:Scorebox``)."""

@@ -1,0 +1,265 @@
+"""The real service (`bentoml serve .`) over the example model, called over HTTP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import bentoml
+import httpx
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pytest
+import yaml
+
+from scorebox.errors import ModelError
+from scorebox.modelinfo import ARTIFACT, verify_artifact
+from tests.conftest import TrainedModel, process_env
+from tests.processes import BIN, ROOT, serving
+
+
+def _rows(trained: TrainedModel, limit: int) -> pd.DataFrame:
+    dsn = trained.settings.database_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM features ORDER BY id LIMIT {int(limit)}")
+        names = [d.name for d in cur.description or []]
+        return pd.DataFrame(cur.fetchall(), columns=names)
+
+
+def _records(trained: TrainedModel, rows: pd.DataFrame) -> list[dict[str, float]]:
+    return rows[trained.info.feature_names].astype(float).to_dict("records")
+
+
+def _arrow(frame: pd.DataFrame) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def test_json_predictions_equal_the_models_own(service_url: str, trained: TrainedModel) -> None:
+    rows = _rows(trained, 60)
+    response = httpx.post(f"{service_url}/predict", json={"records": _records(trained, rows)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == trained.tag
+    pipeline = bentoml.sklearn.load_model(trained.tag)
+    features = rows[trained.info.feature_names].astype(float)
+    expected = pipeline.predict_proba(features)
+    got = np.array(
+        [[p["probabilities"]["0"], p["probabilities"]["1"]] for p in body["predictions"]]
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert [p["prediction"] for p in body["predictions"]] == pipeline.predict(features).tolist()
+
+
+def test_single_record_object_is_accepted(service_url: str, trained: TrainedModel) -> None:
+    record = _records(trained, _rows(trained, 1))[0]
+    response = httpx.post(f"{service_url}/predict", json={"records": record})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_null_feature_is_imputed(service_url: str, trained: TrainedModel) -> None:
+    record: dict[str, float | None] = dict(_records(trained, _rows(trained, 1))[0])
+    record["mean_radius"] = None
+    response = httpx.post(f"{service_url}/predict", json={"records": [record]})
+    assert response.status_code == 200
+
+
+def _bad_cases(record: dict[str, float]) -> list[tuple[str, bytes, int, str]]:
+    import json
+
+    def body(records: object) -> bytes:
+        return json.dumps({"records": records}).encode()
+
+    missing = {k: v for k, v in record.items() if k != "mean_area"}
+    return [
+        ("extra field", body([record, record | {"colour": 1.0}]), 422, "records[1].colour"),
+        ("missing field", body([missing]), 422, "records[0].mean_area: Field required"),
+        ("text value", body([record | {"mean_radius": "big"}]), 422, "records[0].mean_radius"),
+        ("bool value", body([record | {"mean_radius": True}]), 422, "records[0].mean_radius"),
+        (
+            "NaN",
+            body([record]).replace(b'"mean_texture": ', b'"mean_texture": NaN, "x": '),
+            422,
+            "records[0].mean_texture: Input should be a finite number",
+        ),
+        (
+            "infinity",
+            body([record]).replace(b'"mean_texture": ', b'"mean_texture": Infinity, "x": '),
+            422,
+            "records[0].mean_texture: Input should be a finite number",
+        ),
+        ("empty list", body([]), 422, "records: "),
+        ("no records key", b"{}", 422, "records: Field required"),
+        ("not an object", body([1, 2]), 422, "records[0]"),
+        ("malformed JSON", b'{"records": [', 400, "malformed JSON"),
+        ("too many", body([record] * 10_001), 413, "limit is 10000"),
+    ]
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem(service_url: str, trained: TrainedModel) -> None:
+    record = _records(trained, _rows(trained, 1))[0]
+    for name, body, status, message in _bad_cases(record):
+        response = httpx.post(
+            f"{service_url}/predict", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == status, (name, response.text)
+        assert message in response.text, (name, response.text)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/vnd.bentoml+pickle", "multipart/form-data", "text/plain"]
+)
+def test_only_json_is_accepted(service_url: str, content_type: str) -> None:
+    response = httpx.post(
+        f"{service_url}/predict", content=b"\x80\x04K\x01.", headers={"content-type": content_type}
+    )
+    assert response.status_code == 415
+
+
+def test_arrow_batch_equals_the_models_own_and_flags_bad_rows(
+    service_url: str, trained: TrainedModel
+) -> None:
+    rows = _rows(trained, 200)
+    frame = rows[["id", *trained.info.feature_names]].astype({"id": "int64"})
+    frame[trained.info.feature_names] = frame[trained.info.feature_names].astype(float)
+    frame.loc[5, "mean_area"] = np.inf
+    frame.loc[6, "mean_area"] = np.nan  # missing: imputed, not an error
+    response = httpx.post(f"{service_url}/v1/predict/arrow", content=_arrow(frame))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-scorebox-model"] == trained.tag
+    result = pa.ipc.open_stream(response.content).read_all().to_pandas()
+    assert result["id"].tolist() == frame["id"].tolist()
+    assert result.loc[5, "error"] == "infinite value in mean_area"
+    assert result["error"].drop(index=5).isna().all()
+    good = frame.drop(index=5)
+    proba = bentoml.sklearn.load_model(trained.tag).predict_proba(good[trained.info.feature_names])
+    np.testing.assert_allclose(result.drop(index=5)[["p:0", "p:1"]].to_numpy(), proba)
+    labels = np.where(proba[:, 1] > proba[:, 0], "1", "0")
+    assert result.drop(index=5)["predicted_label"].tolist() == labels.tolist()
+
+
+def test_arrow_batch_with_wrong_layout_is_422(service_url: str, trained: TrainedModel) -> None:
+    frame = pd.DataFrame({"id": [1], "mean_radius": [1.0]})
+    response = httpx.post(f"{service_url}/v1/predict/arrow", content=_arrow(frame))
+    assert response.status_code == 422
+    assert "lacks column(s): mean_texture" in response.text
+    garbage = httpx.post(f"{service_url}/v1/predict/arrow", content=b"not arrow")
+    assert garbage.status_code == 422
+
+
+def test_model_health_and_metrics_endpoints(service_url: str, trained: TrainedModel) -> None:
+    described = httpx.get(f"{service_url}/v1/model").json()
+    assert described["tag"] == trained.tag
+    assert described["features"] == trained.info.features
+    assert described["fingerprint"] == trained.info.fingerprint
+    assert described["metrics"] == pytest.approx(trained.info.metrics)
+    assert httpx.get(f"{service_url}/livez").status_code == 200
+    assert httpx.get(f"{service_url}/readyz").status_code == 200
+    record = _records(trained, _rows(trained, 3))
+    httpx.post(f"{service_url}/predict", json={"records": record}).raise_for_status()
+    metrics = httpx.get(f"{service_url}/metrics").text
+    assert 'scorebox_rows_predicted_total{endpoint="predict"' in metrics
+
+
+def test_openapi_shows_the_real_feature_names(service_url: str, trained: TrainedModel) -> None:
+    schema = httpx.get(f"{service_url}/docs.json").json()
+    record = schema["components"]["schemas"]["Record"]
+    assert list(record["properties"]) == trained.info.feature_names
+    assert record["additionalProperties"] is False
+
+
+def test_schemathesis_finds_no_server_error(service_url: str) -> None:
+    done = subprocess.run(
+        [
+            *(str(BIN / "st"), "run", f"{service_url}/docs.json"),
+            *("--checks", "not_a_server_error", "--max-examples", "40", "--seed", "7"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def auth_url(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = process_env(trained.settings, SCOREBOX_API_TOKEN="t0ken-for-tests")
+    with serving(env, tmp_path_factory.mktemp("auth") / "serve.log") as url:
+        yield url
+
+
+def test_token_is_required_everywhere_but_health(auth_url: str, trained: TrainedModel) -> None:
+    record = _records(trained, _rows(trained, 1))
+    calls = [
+        ("POST", "/predict", {"json": {"records": record}}),
+        ("POST", "/v1/predict/arrow", {"content": b""}),
+        ("GET", "/v1/model", {}),
+        ("GET", "/docs.json", {}),
+        ("GET", "/metrics", {}),
+        ("GET", "/", {}),
+    ]
+    for method, path, kwargs in calls:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "t0ken-for-tests"},
+        ):
+            response = httpx.request(method, auth_url + path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            assert response.status_code == 401, (path, headers)
+    good = {"Authorization": "Bearer t0ken-for-tests"}
+    predicted = httpx.post(f"{auth_url}/predict", json={"records": record}, headers=good)
+    assert predicted.status_code == 200
+    assert httpx.get(f"{auth_url}/v1/model", headers=good).status_code == 200
+    assert httpx.get(f"{auth_url}/livez").status_code == 200
+    assert httpx.get(f"{auth_url}/readyz").status_code == 200
+
+
+def test_tampered_artifact_is_refused(trained: TrainedModel, tmp_path: Path) -> None:
+    stored = bentoml.models.get(trained.tag)
+    copy = Path(shutil.copytree(stored.path, tmp_path / "model"))
+    verify_artifact(copy, trained.info, trained.tag)
+    with (copy / ARTIFACT).open("ab") as artifact:
+        artifact.write(b"\x00")
+    with pytest.raises(ModelError, match="refusing to load it"):
+        verify_artifact(copy, trained.info, trained.tag)
+
+
+def test_service_refuses_to_start_without_the_model(trained: TrainedModel, tmp_path: Path) -> None:
+    env = process_env(trained.settings, SCOREBOX_MODEL_NAME="no-such-model")
+    expected = "no model no-such-model:latest in the BentoML store"
+    with pytest.raises(RuntimeError, match=expected), serving(env, tmp_path / "serve.log"):
+        pass
+
+
+def test_bento_builds_with_the_model_and_a_clean_dockerfile(trained: TrainedModel) -> None:
+    done = subprocess.run(
+        [str(BIN / "bentoml"), "build", "-o", "tag"],
+        cwd=ROOT,
+        env=process_env(trained.settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    tag = done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento = bentoml.get(tag)
+    described = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
+    assert [m["tag"] for m in described["services"][0]["models"]] == [trained.tag]
+    dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"
+    assert dockerfile.exists()
+    lint = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "error", str(dockerfile)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert f"scikit-learn=={trained.info.versions['scikit-learn']}" in requirements
