@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     predictions_table: str = "predictions"
     service_url: str = "http://127.0.0.1:3000"
     api_token: SecretStr | None = None
-    service_workers: int = Field(1, ge=1, le=64)
+    service_workers: Annotated[int, Field(ge=1, le=64)] | Literal["cpu_count"] = "cpu_count"
     service_max_records: int = Field(10_000, ge=1)
 
     @field_validator("feature_table", "predictions_table")

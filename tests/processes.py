@@ -37,12 +37,14 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 @contextmanager
-def serving(env: dict[str, str], log: Path, timeout: float = 90) -> Iterator[str]:
-    """Run `bentoml serve .` from the repository root; yield its URL once /readyz answers."""
+def serving(
+    env: dict[str, str], log: Path, timeout: float = 90, target: str = "."
+) -> Iterator[str]:
+    """Run `bentoml serve <target>` from the repository root; yield its URL once /readyz answers."""
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", ".", "--host", "127.0.0.1", "--port", str(port)],
+            [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=out,

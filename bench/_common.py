@@ -1,0 +1,121 @@
+"""Shared by the benchmarks: a model to measure with, servers as processes, a load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="scorebox-bench-"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+from scorebox.db import make_engine
+from scorebox.migrate import create_database_if_missing, upgrade
+from scorebox.seed import seed
+from scorebox.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare(rows: int | None = None) -> tuple[Settings, str]:
+    """Seed the example table (or ``rows`` synthetic rows) and train; return settings and tag."""
+    from training import train
+
+    settings = load_settings(
+        database_url=os.environ.get(
+            "SCOREBOX_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/scorebox_bench"
+        ),
+        model_name="bench",
+    )
+    engine = make_engine(settings.database_url)
+    create_database_if_missing(engine)
+    upgrade(engine, settings.predictions_table)
+    with engine.begin() as conn:
+        seed(conn, settings.feature_table, id_column="id", target_column="target", rows=rows)
+    tag = train(settings, engine).tag
+    engine.dispose()
+    return settings, tag
+
+
+@dataclass
+class Load:
+    """What a fixed-duration load run saw."""
+
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _client(
+    host: str, port: int, path: str, bodies: list[bytes], k: int, step: int, stop: float, out: Load
+) -> None:
+    """One keep-alive HTTP/1.1 connection posting bodies in turn. Hand-written on asyncio streams
+    so the load generator spends little of the machine's two cores (httpx costs ~ms a request)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    i = k
+    try:
+        while time.perf_counter() < stop:
+            body = bodies[i % len(bodies)]
+            i += step
+            began = time.perf_counter()
+            writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if status_line.split()[1:2] == [b"200"]:
+                out.latencies.append(time.perf_counter() - began)
+            else:
+                out.errors += 1
+            out.requests += 1
+    except (ConnectionError, asyncio.IncompleteReadError):
+        out.errors += 1
+    finally:
+        writer.close()
+
+
+async def _load(url: str, bodies: list[bytes], clients: int, seconds: float) -> Load:
+    parsed = urlsplit(url)
+    out = Load(clients, 0, 0, 0.0, [])
+    began = time.perf_counter()
+    stop = began + seconds
+    await asyncio.gather(
+        *(
+            _client(
+                parsed.hostname or "", parsed.port or 80, parsed.path, bodies, k, clients, stop, out
+            )
+            for k in range(clients)
+        )
+    )
+    out.seconds = time.perf_counter() - began
+    return out
+
+
+def load(url: str, bodies: list[bytes], clients: int, seconds: float) -> Load:
+    """``clients`` concurrent connections posting ``bodies`` in turn for ``seconds``."""
+    return asyncio.run(_load(url, bodies, clients, seconds))
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
