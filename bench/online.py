@@ -19,7 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bentoml
+import httpx
 import pandas as pd
+import pyarrow as pa
 from _common import Load, load, median_ms, prepare
 from threadpoolctl import threadpool_limits
 
@@ -31,6 +33,32 @@ from tests.processes import serving
 def _server(target: str, env: dict[str, str], log: Path) -> Iterator[str]:
     with serving(env, log, target=target) as url:
         yield url
+
+
+def _batch_formats(url: str, frame: pd.DataFrame, names: list[str]) -> dict[str, float]:
+    """Rows/s for 1000-row batches sent as JSON records and as an Arrow stream."""
+    batch = frame.sample(1000, replace=True, random_state=0).reset_index(drop=True)
+    batch["id"] = range(len(batch))
+    as_json = json.dumps({"records": batch[names].to_dict("records")}).encode()
+    table = pa.Table.from_pandas(batch[["id", *names]], preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    as_arrow = sink.getvalue().to_pybytes()
+    rates = {}
+    with httpx.Client(timeout=60) as client:
+        for fmt, path, body in [
+            ("JSON records (/predict)", "/predict", as_json),
+            ("Arrow (/v1/predict/arrow)", "/v1/predict/arrow", as_arrow),
+        ]:
+            client.post(url + path, content=body).raise_for_status()
+            began = time.perf_counter()
+            for _ in range(20):
+                client.post(
+                    url + path, content=body, headers={"content-type": "application/json"}
+                ).raise_for_status()
+            rates[fmt] = 20 * len(batch) / (time.perf_counter() - began)
+    return rates
 
 
 def main() -> None:
@@ -74,6 +102,8 @@ def main() -> None:
         with _server(target, env, logs / f"{name}.log") as url:
             load(url + path, bodies, 4, 2)  # warm up
             results[name] = {c: load(url + path, bodies, c, args.seconds) for c in (1, 32)}
+            if name == "scorebox":
+                batch_rates = _batch_formats(url, frame, names)
 
     print(f"\nonline benchmark: {args.seconds:.0f} s a run, scorebox workers={args.workers}")
     print(f"in-process predict_proba, one row: p50 {in_process:.2f} ms\n")
@@ -84,6 +114,9 @@ def main() -> None:
                 f"{name:<15} {clients:>7} {run.rps:>8.0f} {run.percentile(0.5):>8.2f} "
                 f"{run.percentile(0.99):>8.2f} {run.errors:>7}"
             )
+    print("\n1000-row batches, one client, scorebox:")
+    for fmt, rate in batch_rates.items():
+        print(f"  {fmt:<28} {rate:>9,.0f} rows/s")
     ours32, plain32 = results["scorebox"][32], results["plain BentoML"][32]
     ours1 = results["scorebox"][1]
     print(f"\nscorebox / plain req/s at 32 clients: {ours32.rps / max(plain32.rps, 1e-9):.2f}x")
