@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,9 +21,11 @@ from scorebox.settings import Settings, get_settings
 app = typer.Typer(help="Train, serve and batch-score a scikit-learn model on your own table.")
 db_app = typer.Typer(help="Database schema commands.")
 app.add_typer(db_app, name="db")
+jobs_app = typer.Typer(help="Batch-scoring jobs: list, show, cancel, resume.")
+app.add_typer(jobs_app, name="jobs")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -116,3 +119,150 @@ def train() -> None:
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
     console.print(f"report: {result.report}")
+
+
+def _client(settings: Settings) -> Any:
+    from worker.client import ServiceClient
+
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    return ServiceClient(settings.service_url, token, settings.service_timeout)
+
+
+def _enqueue(job_id: int, chunk_no: int) -> None:
+    from kombu.exceptions import OperationalError
+
+    from worker.tasks import enqueue_chunk
+
+    try:
+        enqueue_chunk(job_id, chunk_no)
+    except OperationalError as exc:
+        raise ScoreboxError(
+            f"cannot reach the broker (SCOREBOX_REDIS_URL): {exc}; job {job_id} is recorded: "
+            f"run `scorebox jobs resume {job_id}` once Redis is up"
+        ) from None
+
+
+@app.command()
+@_friendly
+def score(
+    table: Annotated[
+        str | None, typer.Option(help="Table to score [default: SCOREBOX_FEATURE_TABLE]")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model tag [default: the one the service serves]")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="all: every row; new: rows without a prediction")
+    ] = "all",
+    wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar")] = False,
+) -> None:
+    """Queue a batch-scoring job and print its id (the worker does the scoring)."""
+    from worker.jobs import submit_job
+
+    settings = get_settings()
+    engine = _ready_engine(settings)
+    job_id = submit_job(
+        engine, settings, _client(settings), _enqueue, table=table, model_tag=model, mode=mode
+    )
+    console.print(f"job {job_id} queued")
+    if wait:
+        _watch(engine, settings, job_id)
+
+
+def _watch(engine: Engine, settings: Settings, job_id: int) -> None:
+    from worker.jobs import get_job
+
+    job = get_job(engine, settings, job_id)
+    columns = (
+        TextColumn(f"job {job_id}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} rows"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    started = time.monotonic()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("score", total=job["rows_total"] or 1, rate="")
+        while True:
+            job = get_job(engine, settings, job_id)
+            done = job["rows_scored"] + job["rows_failed"]
+            rate = done / max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=done, rate=f"{rate:,.0f} rows/s")
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+    _print_job(job)
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    console.print(
+        f"job {job['id']}: [bold]{job['status']}[/] - {job['rows_scored']:,} scored, "
+        f"{job['rows_failed']:,} failed of {job['rows_total']:,} rows "
+        f"({job['table_name']}, {job['model_tag']}, mode {job['mode']})"
+    )
+    if job["error"]:
+        console.print(f"error: {job['error']}", highlight=False)
+
+
+@jobs_app.command("list")
+@_friendly
+def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first")] = 20) -> None:
+    """List recent jobs."""
+    from rich.table import Table
+
+    from worker.jobs import list_jobs
+
+    settings = get_settings()
+    table = Table("id", "status", "table", "model", "mode", "scored", "failed", "total", "created")
+    for job in list_jobs(_ready_engine(settings), settings, limit):
+        table.add_row(
+            str(job["id"]),
+            job["status"],
+            job["table_name"],
+            job["model_tag"],
+            job["mode"],
+            f"{job['rows_scored']:,}",
+            f"{job['rows_failed']:,}",
+            f"{job['rows_total']:,}",
+            f"{job['created_at']:%Y-%m-%d %H:%M:%S}",
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+@_friendly
+def jobs_show(job_id: int) -> None:
+    """Show one job, with a sample of the rows the service refused."""
+    from worker.jobs import failed_rows, get_job
+
+    settings = get_settings()
+    engine = _ready_engine(settings)
+    _print_job(get_job(engine, settings, job_id))
+    for row in failed_rows(engine, settings, job_id):
+        console.print(f"  row {row['row_id']}: {row['reason']}", highlight=False)
+
+
+@jobs_app.command("cancel")
+@_friendly
+def jobs_cancel(job_id: int) -> None:
+    """Stop a job: chunks not yet written are not written; what was written stays."""
+    from worker.jobs import cancel_job
+
+    settings = get_settings()
+    if cancel_job(_ready_engine(settings), settings, job_id):
+        console.print(f"job {job_id} cancelled")
+    else:
+        console.print(f"job {job_id} had already ended")
+
+
+@jobs_app.command("resume")
+@_friendly
+def jobs_resume(job_id: int) -> None:
+    """Queue again the chunks of a failed, cancelled or stalled job that are not done."""
+    from worker.jobs import resume_job
+
+    settings = get_settings()
+    count = resume_job(_ready_engine(settings), settings, _enqueue, job_id)
+    console.print(f"job {job_id}: {count} chunk(s) queued again")

@@ -9,6 +9,8 @@ from sqlalchemy import (
     DateTime,
     Double,
     Engine,
+    ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -24,6 +26,8 @@ from sqlalchemy.exc import NoSuchTableError
 from scorebox.errors import DataError
 
 JOBS_TABLE = "scorebox_jobs"
+CHUNKS_TABLE = "scorebox_chunks"
+FAILED_ROWS_TABLE = "scorebox_failed_rows"
 
 
 def normalize_url(url: str) -> str:
@@ -91,6 +95,34 @@ def build_metadata(predictions_table: str) -> MetaData:
         ),
         Column("started_at", DateTime(timezone=True)),
         Column("finished_at", DateTime(timezone=True)),
+        Column("id_column", Text, nullable=False, server_default="id"),
+        Column("features", JSON),
+        Column("chunk_size", Integer, nullable=False, server_default="10000"),
+        Column("chunks_total", Integer, nullable=False, server_default="0"),
+    )
+    Table(
+        CHUNKS_TABLE,
+        metadata,
+        Column("job_id", ForeignKey(f"{JOBS_TABLE}.id", ondelete="CASCADE"), primary_key=True),
+        Column("chunk_no", Integer, primary_key=True),
+        Column("id_lo", BigInteger, nullable=False),
+        Column("id_hi", BigInteger, nullable=False),
+        Column("status", String(16), nullable=False, server_default="pending"),
+        Column("attempt", Integer, nullable=False, server_default="0"),
+        Column("lease_token", String(36)),
+        Column("lease_expires_at", DateTime(timezone=True)),
+        Column("rows_scored", BigInteger, nullable=False, server_default="0"),
+        Column("rows_failed", BigInteger, nullable=False, server_default="0"),
+        Column("error", Text),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index(f"ix_{CHUNKS_TABLE}_status", "status", "updated_at"),
+    )
+    Table(
+        FAILED_ROWS_TABLE,
+        metadata,
+        Column("job_id", ForeignKey(f"{JOBS_TABLE}.id", ondelete="CASCADE"), primary_key=True),
+        Column("row_id", BigInteger, primary_key=True),
+        Column("reason", Text, nullable=False),
     )
     return metadata
 

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     service_workers: Annotated[int, Field(ge=1, le=64)] | Literal["cpu_count"] = "cpu_count"
     service_max_records: int = Field(10_000, ge=1)
+    service_timeout: float = Field(60.0, gt=0)
+    chunk_size: int = Field(10_000, ge=1, le=1_000_000)
+    chunk_lease_seconds: float = Field(300.0, gt=0)
+    service_retries: int = Field(8, ge=0)
+    sweep_seconds: float = Field(30.0, gt=0)
+    broker_visibility_timeout: int = Field(3600, ge=1)
+    schedule_cron: str | None = None
 
     @field_validator("feature_table", "predictions_table")
     @classmethod
@@ -104,6 +111,13 @@ class Settings(BaseSettings):
             if len(set(value)) != len(value):
                 raise ValueError("a column is listed twice")
         return value
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
+        return value or None
 
     @field_validator("database_url")
     @classmethod

@@ -32,6 +32,19 @@ PG_ADMIN = f"host={PG_HOST} port=5432 user=postgres dbname=postgres"
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number of this run's own (1-15), emptied before and after."""
+    import redis
+
+    db = 1 + uuid.uuid4().int % 15
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+    client.flushdb()
+    yield f"redis://127.0.0.1:6379/{db}"
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
 def bentoml_home() -> Path:
     """This run's BentoML home (model store)."""
     return _BENTO_HOME

@@ -38,10 +38,10 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 @contextmanager
 def serving(
-    env: dict[str, str], log: Path, timeout: float = 90, target: str = "."
+    env: dict[str, str], log: Path, timeout: float = 90, target: str = ".", port: int | None = None
 ) -> Iterator[str]:
     """Run `bentoml serve <target>` from the repository root; yield its URL once /readyz answers."""
-    port = free_port()
+    port = port or free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],
@@ -66,5 +66,29 @@ def serving(
                 raise RuntimeError(f"bentoml serve not ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
         yield url
+    finally:
+        stop(process)
+
+
+@contextmanager
+def working(
+    env: dict[str, str], log: Path, *, concurrency: int = 2, beat: bool = False, timeout: float = 60
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `celery -A worker worker` (with beat when ``beat``) until the block ends."""
+    command = [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO"]
+    command += ["--concurrency", str(concurrency), "--without-mingle", "--without-gossip"]
+    if beat:
+        command += ["--beat", "--schedule", str(log.with_suffix(".schedule"))]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while b" ready." not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield process
     finally:
         stop(process)

@@ -1,0 +1,39 @@
+"""The Celery app, configured for at-least-once delivery; the truth of a job lives in PostgreSQL."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.schedules import crontab
+
+from scorebox.settings import Settings, get_settings
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app on ``settings.redis_url`` with scorebox's reliability settings."""
+    app = Celery("scorebox", broker=settings.redis_url, include=["worker.tasks"])
+    schedule: dict[str, dict[str, object]] = {
+        # Re-queues chunks whose lease expired or whose message the broker lost.
+        "sweep": {"task": "scorebox.sweep", "schedule": settings.sweep_seconds},
+    }
+    if settings.schedule_cron:
+        minute, hour, day_of_month, month_of_year, day_of_week = settings.schedule_cron.split()
+        schedule["score-new-rows"] = {
+            "task": "scorebox.score_new_rows",
+            "schedule": crontab(minute, hour, day_of_week, day_of_month, month_of_year),
+        }
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        accept_content=["json"],
+        task_serializer="json",
+        task_ignore_result=True,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule=schedule,
+    )
+    return app
+
+
+app = make_app(get_settings())

@@ -1,0 +1,71 @@
+"""The worker's HTTP client for the prediction service (it never imports the service)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pyarrow as pa
+
+from scorebox.errors import ScoreboxError
+
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+
+
+class ServiceUnavailable(ScoreboxError):
+    """The service did not answer, or answered 5xx: worth retrying."""
+
+
+class ServiceRefused(ScoreboxError):
+    """The service refused the request (4xx): retrying will not help."""
+
+
+class ServiceClient:
+    """Calls the service's `/v1/model` and `/v1/predict/arrow` endpoints."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                f"service at {self.base_url} (SCOREBOX_SERVICE_URL) unreachable: {exc}"
+            ) from None
+        if response.status_code >= 500:
+            raise ServiceUnavailable(
+                f"service at {self.base_url} answered {response.status_code}: {response.text[:200]}"
+            )
+        if response.status_code == 401:
+            raise ServiceRefused("service refused the token (SCOREBOX_API_TOKEN)")
+        if response.status_code >= 400:
+            raise ServiceRefused(
+                f"service answered {response.status_code} to {path}: {response.text[:500]}"
+            )
+        return response
+
+    def describe(self) -> dict[str, Any]:
+        """What the service says of its model: tag, features, task, metrics..."""
+        described: dict[str, Any] = self._request("GET", "/v1/model").json()
+        return described
+
+    def score(self, batch: pa.Table) -> tuple[str, pa.Table]:
+        """Score an Arrow table (``id`` and the features); return the model tag and the result."""
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_table(batch)
+        response = self._request(
+            "POST",
+            "/v1/predict/arrow",
+            content=sink.getvalue().to_pybytes(),
+            headers={"content-type": ARROW_MEDIA_TYPE},
+        )
+        tag = response.headers.get("x-scorebox-model", "")
+        return tag, pa.ipc.open_stream(response.content).read_all()

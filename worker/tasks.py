@@ -1,0 +1,102 @@
+"""Celery tasks: thin wrappers (ids in, never rows) around the plain functions in jobs/chunks."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from celery import Task
+from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from scorebox.db import make_engine
+from scorebox.settings import Settings, get_settings
+from worker.celery_app import app
+from worker.chunks import run_chunk
+from worker.client import ServiceClient, ServiceUnavailable
+from worker.jobs import ACTIVE, Tables, submit_job
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
+    """Per worker process (created after the fork): settings, engine, tables, service client."""
+    settings = get_settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    client = ServiceClient(settings.service_url, token, settings.service_timeout)
+    return settings, make_engine(settings.database_url), Tables(settings), client
+
+
+def enqueue_chunk(job_id: int, chunk_no: int) -> None:
+    """Queue one chunk of a job."""
+    score_chunk.delay(job_id, chunk_no)
+
+
+@app.task(
+    name="scorebox.score_chunk",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,  # bounded below by SCOREBOX_SERVICE_RETRIES
+    soft_time_limit=600,
+    time_limit=660,
+)
+def score_chunk(self: Task, job_id: int, chunk_no: int) -> str:
+    """Score chunk ``chunk_no`` of job ``job_id``; retry with backoff while the service is down."""
+    settings, engine, tables, client = _context()
+    try:
+        outcome = run_chunk(engine, tables, client, job_id, chunk_no, settings.chunk_lease_seconds)
+    except (ServiceUnavailable, OperationalError, InterfaceError) as exc:
+        retries = self.request.retries
+        if retries >= settings.service_retries:
+            _fail_job(engine, tables, job_id, f"gave up after {retries} retries: {exc}")
+            return "failed"
+        delay = min(2**retries, 30)
+        log.warning("chunk %s/%s: %s; retry %s in %ss", job_id, chunk_no, exc, retries + 1, delay)
+        raise self.retry(countdown=delay) from None
+    log.info("chunk %s/%s: %s", job_id, chunk_no, outcome)
+    return outcome
+
+
+def _fail_job(engine: Engine, tables: Tables, job_id: int, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(tables.jobs)
+            .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
+            .values(status="failed", error=error, finished_at=func.now())
+        )
+
+
+@app.task(name="scorebox.sweep")
+def sweep() -> int:
+    """Queue again the chunks of active jobs whose lease expired, or that stayed pending longer than
+    a lease (their message was lost: a killed worker, a restarted Redis)."""
+    settings, engine, tables, _ = _context()
+    chunks, jobs = tables.chunks, tables.jobs
+    stale = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, settings.chunk_lease_seconds)
+    with engine.begin() as conn:
+        due = conn.execute(
+            update(chunks)
+            .where(
+                chunks.c.job_id.in_(select(jobs.c.id).where(jobs.c.status.in_(ACTIVE))),
+                or_(
+                    (chunks.c.status == "running") & (chunks.c.lease_expires_at < func.now()),
+                    (chunks.c.status == "pending") & (chunks.c.updated_at < stale),
+                ),
+            )
+            .values(updated_at=func.now())
+            .returning(chunks.c.job_id, chunks.c.chunk_no)
+        ).all()
+    for job_id, chunk_no in due:
+        enqueue_chunk(job_id, chunk_no)
+    if due:
+        log.warning("sweep: queued %d chunk(s) again", len(due))
+    return len(due)
+
+
+@app.task(name="scorebox.score_new_rows")
+def score_new_rows() -> int:
+    """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction."""
+    settings, engine, _, client = _context()
+    return submit_job(engine, settings, client, enqueue_chunk, mode="new")
