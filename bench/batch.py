@@ -129,7 +129,10 @@ def in_process_limit(settings: Settings, tag: str, table: str, names: list[str])
         cols = ", ".join(names)
         for lo in range(bounds[0], bounds[1] + 1, 10_000):
             buffer = io.BytesIO()
-            query = f'COPY (SELECT id, {cols} FROM "{table}" WHERE id BETWEEN {lo} AND {lo + 9_999} ORDER BY id) TO STDOUT (FORMAT csv, HEADER)'
+            query = (
+                f'COPY (SELECT id, {cols} FROM "{table}" WHERE id BETWEEN {lo} AND {lo + 9_999}'
+                " ORDER BY id) TO STDOUT (FORMAT csv, HEADER)"
+            )
             with cur.copy(query) as copy:
                 for block in copy:
                     buffer.write(block)
@@ -149,7 +152,8 @@ def in_process_limit(settings: Settings, tag: str, table: str, names: list[str])
                         )
                     )
             cur.execute(
-                "INSERT INTO predictions (row_id, model_tag, predicted_label, probability, probabilities)"
+                "INSERT INTO predictions"
+                " (row_id, model_tag, predicted_label, probability, probabilities)"
                 " SELECT * FROM staging ON CONFLICT (row_id, model_tag) DO UPDATE SET"
                 " predicted_label = excluded.predicted_label, probability = excluded.probability,"
                 " probabilities = excluded.probabilities"
@@ -222,18 +226,21 @@ def main() -> None:
         small_rate, small_rss = scorebox_run(scoring, env, tables["small"][0], logs)
 
     print(f"\nbatch benchmark (chunk size {settings.chunk_size:,})")
-    print(f"{'path':<40} {'rows':>10} {'rows/s':>10}")
-    print(f"{'in-process limit (COPY, predict, COPY+upsert)':<40} {args.rows:>10,} {limit:>10,.0f}")
+    rows = [
+        ("in-process limit (COPY, predict, upsert)", args.rows, limit),
+        ("naive (read_sql, JSON 1000 rows, to_sql)", args.naive_rows, naive_rate),
+        ("scorebox job", args.rows, big_rate),
+        ("scorebox job", args.small_rows, small_rate),
+    ]
+    print(f"{'path':<42} {'rows':>10} {'rows/s':>10}")
+    for label, count, rate in rows:
+        print(f"{label:<42} {count:>10,} {rate:>10,.0f}")
+    print(f"\nscorebox / naive: {big_rate / naive_rate:.2f}x")
+    print(f"scorebox / in-process limit: {big_rate / limit:.0%}")
+    mib = 2**20
     print(
-        f"{'naive (read_sql, JSON 1000 rows, to_sql)':<40} {args.naive_rows:>10,} {naive_rate:>10,.0f}"
-    )
-    print(f"{'scorebox job':<40} {args.rows:>10,} {big_rate:>10,.0f}")
-    print(f"{'scorebox job':<40} {args.small_rows:>10,} {small_rate:>10,.0f}")
-    print(
-        f"\nscorebox / naive: {big_rate / naive_rate:.2f}x; scorebox / in-process limit: {big_rate / limit:.0%}"
-    )
-    print(
-        f"worker peak RSS: {big_rss / 2**20:,.0f} MiB at {args.rows:,} rows, {small_rss / 2**20:,.0f} MiB at {args.small_rows:,} rows ({big_rss / small_rss:.2f}x)"
+        f"worker peak RSS: {big_rss / mib:,.0f} MiB at {args.rows:,} rows, "
+        f"{small_rss / mib:,.0f} MiB at {args.small_rows:,} rows ({big_rss / small_rss:.2f}x)"
     )
 
 
