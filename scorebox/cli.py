@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -101,12 +102,21 @@ def seed(
 
 @app.command()
 @_friendly
-def train() -> None:
+def train(
+    seed_example: Annotated[
+        bool, typer.Option("--seed", help="Load the example data into the table first.")
+    ] = False,
+    bento: Annotated[
+        bool, typer.Option("--bento", help="Build the Bento (bentofile.yaml here) afterwards.")
+    ] = False,
+) -> None:
     """Fit, evaluate and register a model on SCOREBOX_FEATURE_TABLE."""
     from training.train import train as run_training
 
     settings = get_settings()
     engine = _ready_engine(settings)
+    if seed_example:
+        seed()
     with console.status("training") as status:
         result = run_training(settings, engine, step=lambda text: status.update(text))
     metrics = ", ".join(
@@ -119,6 +129,18 @@ def train() -> None:
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
     console.print(f"report: {result.report}")
+    if bento:
+        _build_bento()
+
+
+def _build_bento() -> None:
+    import bentoml
+
+    if not Path("bentofile.yaml").exists():
+        raise ScoreboxError("--bento needs bentofile.yaml in the current directory")
+    with console.status("building the Bento"):
+        built = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=".")
+    console.print(f"bento: {built.tag}")
 
 
 def _client(settings: Settings) -> Any:

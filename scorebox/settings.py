@@ -112,10 +112,16 @@ class Settings(BaseSettings):
                 raise ValueError("a column is listed twice")
         return value
 
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token(cls, value: Any) -> Any:
+        # compose passes `SCOREBOX_API_TOKEN=` when no token is wanted: that means no auth.
+        return None if value == "" else value
+
     @field_validator("schedule_cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
+        if value and len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
         return value or None
 

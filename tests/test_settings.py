@@ -20,8 +20,11 @@ def test_settings_read_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch
     assert "s3cret" not in repr(settings)
 
 
-def test_empty_feature_columns_means_every_numeric_column() -> None:
-    assert load_settings(feature_columns="").feature_columns is None
+def test_empty_values_mean_unset() -> None:
+    settings = load_settings(feature_columns="", api_token="", schedule_cron="")
+    assert settings.feature_columns is None
+    assert settings.api_token is None
+    assert settings.schedule_cron is None
 
 
 @pytest.mark.parametrize(
@@ -37,6 +40,8 @@ def test_empty_feature_columns_means_every_numeric_column() -> None:
         ("database_url", "mysql://x", "SCOREBOX_DATABASE_URL"),
         ("model_name", "Bad Name", "SCOREBOX_MODEL_NAME"),
         ("test_size", "1.5", "SCOREBOX_TEST_SIZE"),
+        ("schedule_cron", "every hour", "SCOREBOX_SCHEDULE_CRON"),
+        ("service_workers", "many", "SCOREBOX_SERVICE_WORKERS"),
     ],
 )
 def test_invalid_setting_names_its_variable(field: str, value: str, variable: str) -> None:

@@ -1,0 +1,194 @@
+"""compose.yaml and the Dockerfile, checked statically, and every container's command run as a
+local process with the environment compose gives it (there is no Docker engine here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import yaml
+
+from tests.conftest import PG_HOST
+from tests.processes import BIN, ROOT, free_port, serving, stop, working
+
+
+def _compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is missing: .ci/run installs Debian's docker-compose")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    return found
+
+
+def _config(env_file: Path) -> dict:  # type: ignore[type-arg]
+    done = subprocess.run(
+        [_compose(), "--env-file", str(env_file), "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_compose_file_is_valid_with_the_example_env() -> None:
+    done = subprocess.run(
+        [_compose(), "--env-file", ".env.example", "config", "-q"], cwd=ROOT, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_refuses_to_start_without_a_database_password(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    done = subprocess.run(
+        [_compose(), "--env-file", str(empty), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"},
+    )
+    assert done.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in done.stderr
+
+
+def test_compose_wires_healthchecks_order_and_restarts() -> None:
+    services = _config(ROOT / ".env.example")["services"]
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "training",
+        "service",
+        "worker",
+        "beat",
+    }
+    for name in ("postgres", "redis", "service"):
+        assert "healthcheck" in services[name], name
+    for name in ("postgres", "redis", "service", "worker", "beat"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["training"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["service"]["depends_on"]["training"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["worker"]["depends_on"]["service"]["condition"] == "service_healthy"
+    text = (ROOT / "compose.yaml").read_text()
+    assert "change-me" not in text and "PASSWORD:" not in text.replace("POSTGRES_PASSWORD:", "")
+
+
+def test_dockerfile_passes_hadolint_and_runs_as_non_root() -> None:
+    dockerfile = ROOT / "Dockerfile"
+    done = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "error", str(dockerfile)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout
+    users = [
+        line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("USER")
+    ]
+    assert users and users[-1] not in ("root", "0")
+
+
+def _local(
+    service: dict,
+    database: str,
+    schema: str,
+    redis_url: str,
+    port: int,
+    home: Path,  # type: ignore[type-arg]
+) -> tuple[list[str], dict[str, str]]:
+    """A compose service's command and environment, with host names mapped to this machine."""
+    env = {k: str(v) for k, v in service["environment"].items()}
+    options = quote(f"-csearch_path={schema}")
+    env["SCOREBOX_DATABASE_URL"] = (
+        env["SCOREBOX_DATABASE_URL"].replace(
+            "@postgres:5432/scorebox", f"@{PG_HOST}:5432/{database}"
+        )
+        + f"?options={options}"
+    )
+    env["SCOREBOX_REDIS_URL"] = redis_url
+    env["SCOREBOX_SERVICE_URL"] = env["SCOREBOX_SERVICE_URL"].replace(
+        "service:3000", f"127.0.0.1:{port}"
+    )
+    env["BENTOML_HOME"] = str(home)
+    command = service["command"]
+    command = command.split() if isinstance(command, str) else list(command)
+    command = [
+        {
+            "3000": str(port),
+            "0.0.0.0": "127.0.0.1",
+            "/tmp/celerybeat-schedule": str(home / "beat"),
+        }.get(part, part)
+        for part in command
+    ]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOREBOX_", "BENTOML_HOME"))}
+    return command, base | env
+
+
+def test_every_container_command_runs_as_a_local_process(
+    database: str, redis_url: str, tmp_path: Path
+) -> None:
+    schema = f"compose_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    services = _config(ROOT / ".env.example")["services"]
+    port = free_port()
+    home = tmp_path / "bentoml"
+
+    def local(name: str) -> tuple[list[str], dict[str, str]]:
+        return _local(services[name], database, schema, redis_url, port, home)
+
+    for name in ("migrate", "training"):
+        command, env = local(name)
+        command[0] = str(BIN / command[0])
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+    assert "registered scorebox:" in done.stdout and "bento: scorebox:" in done.stdout
+
+    command, env = local("service")
+    assert command[:3] == ["bentoml", "serve", "."]
+    with serving(env, tmp_path / "service.log", port=port):
+        worker_command, worker_env = local("worker")
+        assert worker_command[:4] == ["celery", "-A", "worker", "worker"]
+        beat_command, beat_env = local("beat")
+        assert beat_command[:4] == ["celery", "-A", "worker", "beat"]
+        with working(worker_env, tmp_path / "worker.log"):
+            beat_log = (tmp_path / "beat.log").open("wb")
+            with beat_log:
+                beat = subprocess.Popen(
+                    [str(BIN / beat_command[0]), *beat_command[1:]],
+                    cwd=ROOT,
+                    env=beat_env,
+                    stdout=beat_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                scored = subprocess.run(
+                    [str(BIN / "scorebox"), "score", "--wait"],
+                    cwd=ROOT,
+                    env=worker_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                assert scored.returncode == 0, scored.stderr
+                assert "succeeded - 569 scored" in scored.stdout
+                assert beat.poll() is None, (tmp_path / "beat.log").read_text()
+            finally:
+                stop(beat)
+    assert "beat: Starting" in (tmp_path / "beat.log").read_text()
