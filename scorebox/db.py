@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -20,10 +22,25 @@ from sqlalchemy import (
     func,
     inspect,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import NoSuchTableError
 
 from scorebox.errors import DataError
+
+
+def insert_for(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT with ON CONFLICT support for the connection's dialect (PostgreSQL or SQLite)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def utcnow() -> datetime:
+    """The time to store: computed here rather than by the database, so that PostgreSQL and SQLite
+    compare timestamps the same way."""
+    return datetime.now(UTC)
+
 
 JOBS_TABLE = "scorebox_jobs"
 CHUNKS_TABLE = "scorebox_chunks"
@@ -40,6 +57,9 @@ def normalize_url(url: str) -> str:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with connection checks on checkout."""
+    if make_url(url).get_backend_name() == "sqlite":
+        # Several processes (worker, CLI) share the file: wait for a lock instead of failing.
+        return create_engine(url, connect_args={"timeout": 60})
     return create_engine(normalize_url(url), pool_pre_ping=True)
 
 

@@ -12,9 +12,11 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
@@ -41,10 +43,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from scorebox.db import split_name
+from scorebox.db import insert_for, reflect_table, split_name, utcnow
 from scorebox.errors import ScoreboxError
 from worker.client import ServiceClient, ServiceUnavailable
-from worker.jobs import ACTIVE, Tables
+from worker.jobs import ACTIVE, Tables, unscored
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +71,14 @@ def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: flo
     """Lease the chunk if it is pending (or its lease expired) and its job is active."""
     chunks, jobs = tables.chunks, tables.jobs
     token = str(uuid.uuid4())
+    now = utcnow()
     claimable = (
         select(chunks.c.job_id, chunks.c.chunk_no)
         .where(
             chunks.c.job_id == job_id,
             chunks.c.chunk_no == chunk_no,
             (chunks.c.status == "pending")
-            | ((chunks.c.status == "running") & (chunks.c.lease_expires_at < func.now())),
+            | ((chunks.c.status == "running") & (chunks.c.lease_expires_at < now)),
             exists().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)),
         )
         .with_for_update(skip_locked=True)
@@ -87,9 +90,9 @@ def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: flo
             .values(
                 status="running",
                 lease_token=token,
-                lease_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, lease),
+                lease_expires_at=now + timedelta(seconds=lease),
                 attempt=chunks.c.attempt + 1,
-                updated_at=func.now(),
+                updated_at=now,
             )
             .returning(chunks.c.id_lo, chunks.c.id_hi)
         ).first()
@@ -98,7 +101,7 @@ def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: flo
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == "queued")
-            .values(status="running", started_at=func.now())
+            .values(status="running", started_at=now)
         )
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
     return Claim(job_id, chunk_no, row.id_lo, row.id_hi, token, dict(job))
@@ -110,6 +113,8 @@ def read_rows(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
     In mode ``new`` rows that already have a prediction for the job's model are left out.
     """
     job = claim.job
+    if engine.dialect.name != "postgresql":
+        return _read_rows_portable(engine, tables, claim)
     schema, name = split_name(job["table_name"])
     source = sql.Identifier(schema, name) if schema else sql.Identifier(name)
     id_col = sql.Identifier(job["id_column"])
@@ -141,6 +146,29 @@ def read_rows(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
         buffer,
         convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
     )
+
+
+def _read_rows_portable(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
+    """The same rows through a plain SELECT (SQLite, where there is no COPY)."""
+    job = claim.job
+    features: list[str] = job["features"]
+    with engine.connect() as conn:
+        source = reflect_table(conn, job["table_name"])
+        ids = source.c[job["id_column"]]
+        query = (
+            select(ids.label("id"), *(source.c[f] for f in features))
+            .where(ids.between(claim.id_lo, claim.id_hi))
+            .order_by(ids)
+        )
+        if job["mode"] == "new":
+            query = query.where(
+                unscored(source, job["id_column"], tables.predictions, job["model_tag"])
+            )
+        frame = pd.read_sql(query, conn)
+    for name in features:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    frame["id"] = frame["id"].astype("int64")
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _prediction_rows(result: pa.Table, job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -200,17 +228,19 @@ def write(engine: Engine, tables: Tables, claim: Claim, result: pa.Table | None)
                 lease_token=None,
                 rows_scored=scored,
                 rows_failed=len(failed),
-                updated_at=func.now(),
+                updated_at=utcnow(),
             )
         ).rowcount
         if fenced == 0:
             conn.rollback()
             log.warning("chunk %s/%s: lease lost, nothing written", claim.job_id, claim.chunk_no)
             return False
-        if scored:
+        if scored and conn.dialect.name == "postgresql":
             _upsert(conn, predictions, columns, claim.job["model_tag"], claim.job_id)
+        elif scored:
+            _upsert_rows(conn, predictions, columns, claim.job["model_tag"], claim.job_id)
         if failed:
-            insert = postgresql.insert(tables.failed)
+            insert = insert_for(conn, tables.failed)
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["job_id", "row_id"], set_={"reason": insert.excluded.reason}
@@ -233,7 +263,7 @@ def write(engine: Engine, tables: Tables, claim: Claim, result: pa.Table | None)
                 jobs.c.status == "running",
                 ~exists().where(and_(chunks.c.job_id == claim.job_id, chunks.c.status != "done")),
             )
-            .values(status="succeeded", finished_at=func.now())
+            .values(status="succeeded", finished_at=utcnow())
         )
     return True
 
@@ -293,6 +323,28 @@ def _upsert(
     )
 
 
+def _upsert_rows(
+    conn: Connection, predictions: Table, columns: dict[str, Any], tag: str, job_id: int
+) -> None:
+    """The portable upsert (SQLite): one parameter set a row."""
+    names = ["row_id", "predicted_label", "predicted_value", "probability", "probabilities"]
+    rows = [
+        dict(zip(names, values, strict=True)) | {"model_tag": tag, "job_id": job_id}
+        for values in zip(*(columns[n] for n in names), strict=True)
+    ]
+    for row in rows:
+        if row["probabilities"] is not None:
+            row["probabilities"] = json.loads(row["probabilities"])
+    insert = insert_for(conn, predictions)
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=["row_id", "model_tag"],
+            set_={n: insert.excluded[n] for n in [*names[1:], "job_id"]} | {"scored_at": utcnow()},
+        ),
+        rows,
+    )
+
+
 def release(engine: Engine, tables: Tables, claim: Claim) -> None:
     """Give the chunk back (status pending) so a retry can claim it at once."""
     with engine.begin() as conn:
@@ -303,7 +355,7 @@ def release(engine: Engine, tables: Tables, claim: Claim) -> None:
                 tables.chunks.c.chunk_no == claim.chunk_no,
                 tables.chunks.c.lease_token == claim.token,
             )
-            .values(status="pending", lease_token=None, updated_at=func.now())
+            .values(status="pending", lease_token=None, updated_at=utcnow())
         )
 
 
@@ -317,12 +369,12 @@ def fail(engine: Engine, tables: Tables, claim: Claim, error: str) -> None:
                 tables.chunks.c.chunk_no == claim.chunk_no,
                 tables.chunks.c.lease_token == claim.token,
             )
-            .values(status="failed", lease_token=None, error=error, updated_at=func.now())
+            .values(status="failed", lease_token=None, error=error, updated_at=utcnow())
         )
         conn.execute(
             update(tables.jobs)
             .where(tables.jobs.c.id == claim.job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="failed", error=error, finished_at=func.now())
+            .values(status="failed", error=error, finished_at=utcnow())
         )
 
 

@@ -19,6 +19,7 @@ from scorebox.db import (
     build_metadata,
     predictions_table,
     reflect_table,
+    utcnow,
 )
 from scorebox.errors import DataError, ScoreboxError
 from scorebox.settings import Settings, check_identifier
@@ -122,7 +123,7 @@ def submit_job(
                 features=features,
                 chunk_size=settings.chunk_size,
                 chunks_total=len(ranges),
-                finished_at=None if ranges else func.now(),
+                finished_at=None if ranges else utcnow(),
             )
             .returning(tables.jobs.c.id)
         ).scalar_one()
@@ -148,12 +149,12 @@ def cancel_job(engine: Engine, settings: Settings, job_id: int) -> bool:
         done = conn.execute(
             update(tables.jobs)
             .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="cancelled", finished_at=func.now(), error="cancelled by user")
+            .values(status="cancelled", finished_at=utcnow(), error="cancelled by user")
         ).rowcount
         conn.execute(
             update(tables.chunks)
             .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
-            .values(status="cancelled", lease_token=None, updated_at=func.now())
+            .values(status="cancelled", lease_token=None, updated_at=utcnow())
         )
     return bool(done)
 
@@ -170,7 +171,7 @@ def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int
             for row in conn.execute(
                 update(tables.chunks)
                 .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
-                .values(status="pending", lease_token=None, error=None, updated_at=func.now())
+                .values(status="pending", lease_token=None, error=None, updated_at=utcnow())
                 .returning(tables.chunks.c.chunk_no)
             )
         ]

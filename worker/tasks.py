@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cache
 
 from celery import Task
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from scorebox.db import make_engine
+from scorebox.db import make_engine, utcnow
 from scorebox.settings import Settings, get_settings
 from worker.celery_app import app
 from worker.chunks import run_chunk
@@ -64,7 +65,7 @@ def _fail_job(engine: Engine, tables: Tables, job_id: int, error: str) -> None:
         conn.execute(
             update(tables.jobs)
             .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="failed", error=error, finished_at=func.now())
+            .values(status="failed", error=error, finished_at=utcnow())
         )
 
 
@@ -74,18 +75,19 @@ def sweep() -> int:
     a lease (their message was lost: a killed worker, a restarted Redis)."""
     settings, engine, tables, _ = _context()
     chunks, jobs = tables.chunks, tables.jobs
-    stale = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, settings.chunk_lease_seconds)
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.chunk_lease_seconds)
     with engine.begin() as conn:
         due = conn.execute(
             update(chunks)
             .where(
                 chunks.c.job_id.in_(select(jobs.c.id).where(jobs.c.status.in_(ACTIVE))),
                 or_(
-                    (chunks.c.status == "running") & (chunks.c.lease_expires_at < func.now()),
+                    (chunks.c.status == "running") & (chunks.c.lease_expires_at < now),
                     (chunks.c.status == "pending") & (chunks.c.updated_at < stale),
                 ),
             )
-            .values(updated_at=func.now())
+            .values(updated_at=now)
             .returning(chunks.c.job_id, chunks.c.chunk_no)
         ).all()
     for job_id, chunk_no in due:
