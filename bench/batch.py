@@ -31,9 +31,9 @@ from sqlalchemy import text
 from threadpoolctl import threadpool_limits
 
 from scorebox.db import make_engine
+from scorebox.processes import serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
-from tests.processes import serving, working
 from worker.celery_app import make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job

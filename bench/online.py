@@ -25,8 +25,8 @@ import pyarrow as pa
 from _common import Load, load, median_ms, prepare
 from threadpoolctl import threadpool_limits
 
+from scorebox.processes import serving
 from scorebox.seed import example_frame
-from tests.processes import serving
 
 
 @contextmanager

@@ -187,11 +187,12 @@ def score(
         engine, settings, _client(settings), _enqueue, table=table, model_tag=model, mode=mode
     )
     console.print(f"job {job_id} queued")
-    if wait:
-        _watch(engine, settings, job_id)
+    if wait and _watch(engine, settings, job_id)["status"] != "succeeded":
+        raise typer.Exit(1)
 
 
-def _watch(engine: Engine, settings: Settings, job_id: int) -> None:
+def _watch(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
+    """Follow a job with a progress bar until it ends; return its final row."""
     from worker.jobs import get_job
 
     job = get_job(engine, settings, job_id)
@@ -214,8 +215,7 @@ def _watch(engine: Engine, settings: Settings, job_id: int) -> None:
                 break
             time.sleep(0.5)
     _print_job(job)
-    if job["status"] != "succeeded":
-        raise typer.Exit(1)
+    return job
 
 
 def _print_job(job: dict[str, Any]) -> None:
@@ -288,3 +288,94 @@ def jobs_resume(job_id: int) -> None:
     settings = get_settings()
     count = resume_job(_ready_engine(settings), settings, _enqueue, job_id)
     console.print(f"job {job_id}: {count} chunk(s) queued again")
+
+
+@app.command()
+@_friendly
+def demo(
+    keep_serving: Annotated[
+        bool, typer.Option(help="Leave the service running after the job, until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Run the whole flow locally: seed, migrate, train, serve, batch-score, summarise.
+
+    Uses a SQLite file and a filesystem broker under .scorebox-demo/ unless SCOREBOX_DATABASE_URL
+    and SCOREBOX_REDIS_URL are set. Every process it starts is stopped on exit or Ctrl-C.
+    """
+    from scorebox import demo as flow
+    from worker.celery_app import make_app
+    from worker.jobs import submit_job
+
+    flow.DEMO_DIR.mkdir(exist_ok=True)
+    settings = flow.embedded(get_settings())
+    step = console.log
+    engine, trained = flow.prepare(settings, step)
+    console.print(f"registered [bold]{trained.tag}[/]; report: {trained.report}")
+    try:
+        with flow.stack(settings, flow.DEMO_DIR, step):
+            app = make_app(settings)
+            client = _client(settings)
+            job_id = submit_job(
+                engine,
+                settings,
+                client,
+                lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk)),
+            )
+            step(f"job {job_id} queued")
+            job = _watch(engine, settings, job_id)
+            record = _first_record(engine, settings, trained.info.feature_names)
+            _summary(settings, trained, job, flow.sample_predictions(engine, settings, trained.tag))
+            curl = flow.curl_command(settings, trained.info.feature_names, record)
+            console.print(f"try it: {curl}", highlight=False, soft_wrap=True)
+            client.close()
+            app.close()
+            if keep_serving:
+                console.print("service still running; press Ctrl-C to stop")
+                while True:
+                    time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    engine.dispose()
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _first_record(engine: Engine, settings: Settings, features: list[str]) -> dict[str, float]:
+    from sqlalchemy import select
+
+    from scorebox.db import reflect_table
+
+    with engine.connect() as conn:
+        table = reflect_table(conn, settings.feature_table)
+        row = conn.execute(
+            select(*(table.c[f] for f in features)).order_by(table.c[settings.id_column]).limit(1)
+        ).one()
+    return {f: float(v) for f, v in zip(features, row, strict=True)}
+
+
+def _summary(settings: Settings, trained: Any, job: dict[str, Any], sample: list[Any]) -> None:
+    from rich.table import Table
+
+    metrics = ", ".join(
+        f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in trained.info.metrics.items()
+    )
+    table = Table("row", "prediction", "probability", title="a few predictions")
+    for row in sample:
+        label = (
+            row["predicted_label"] if row["predicted_label"] is not None else row["predicted_value"]
+        )
+        probability = "" if row["probability"] is None else f"{row['probability']:.3f}"
+        table.add_row(str(row["row_id"]), str(label), probability)
+    console.print(table)
+    console.rule("scorebox demo")
+    console.print(f"model        {trained.tag} ({trained.info.task}, {trained.info.estimator})")
+    console.print(f"metrics      {metrics}")
+    scored, total, failed = job["rows_scored"], job["rows_total"], job["rows_failed"]
+    console.print(f"rows scored  {scored:,} of {total:,} (failed {failed:,})")
+    console.print(f"report       {trained.report}")
+    database = make_engine(settings.database_url).url.render_as_string(hide_password=True)
+    console.print(f"database     {database}")
+    console.print(f"predictions  table {settings.predictions_table}, job {job['id']}")
+    console.print(
+        f"service      {settings.service_url} (OpenAPI at {settings.service_url}/docs.json)"
+    )

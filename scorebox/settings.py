@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorebox.errors import ConfigError
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(30.0, gt=0)
     broker_visibility_timeout: int = Field(3600, ge=1)
     schedule_cron: str | None = None
+    broker_folder: Path | None = None
 
     @field_validator("feature_table", "predictions_table")
     @classmethod
@@ -125,12 +127,36 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
         return value or None
 
+    @model_validator(mode="after")
+    def _broker_folder(self) -> Settings:
+        if self.redis_url.startswith("filesystem://") and self.broker_folder is None:
+            raise ValueError(
+                "SCOREBOX_REDIS_URL is filesystem://, "
+                "so SCOREBOX_BROKER_FOLDER must name a directory"
+            )
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
         if not value.startswith(("postgresql", "sqlite")):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return value
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the SCOREBOX_* variables that give them to another process."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env
 
 
 def load_settings(**overrides: Any) -> Settings:

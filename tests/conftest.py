@@ -23,9 +23,9 @@ from sqlalchemy import Engine  # noqa: E402
 from scorebox.db import make_engine  # noqa: E402
 from scorebox.migrate import upgrade  # noqa: E402
 from scorebox.modelinfo import ModelInfo  # noqa: E402
+from scorebox.processes import serving  # noqa: E402
 from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
-from tests.processes import serving  # noqa: E402
 
 PG_HOST = os.environ.get("SCOREBOX_TEST_PG_HOST", "127.0.0.1")
 PG_ADMIN = f"host={PG_HOST} port=5432 user=postgres dbname=postgres"

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 import yaml
 
+from scorebox.processes import BIN, ROOT, free_port, serving, stop, working
 from tests.conftest import PG_HOST
-from tests.processes import BIN, ROOT, free_port, serving, stop, working
 
 
 def _compose() -> str:

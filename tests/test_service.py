@@ -18,8 +18,8 @@ import yaml
 
 from scorebox.errors import ModelError
 from scorebox.modelinfo import ARTIFACT, verify_artifact
+from scorebox.processes import BIN, ROOT, serving
 from tests.conftest import TrainedModel, process_env
-from tests.processes import BIN, ROOT, serving
 
 
 def _rows(trained: TrainedModel, limit: int) -> pd.DataFrame:

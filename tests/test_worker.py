@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
+from scorebox.processes import BIN, free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
 from tests.conftest import TrainedModel, process_env
-from tests.processes import BIN, free_port, serving, working
 from worker.celery_app import make_app
 from worker.chunks import claim, read_rows, run_chunk, write
 from worker.client import ServiceClient

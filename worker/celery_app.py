@@ -21,6 +21,18 @@ def make_app(settings: Settings) -> Celery:
             "task": "scorebox.score_new_rows",
             "schedule": crontab(minute, hour, day_of_week, day_of_month, month_of_year),
         }
+    transport: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout}
+    if settings.broker_folder is not None and settings.redis_url.startswith("filesystem://"):
+        # The embedded broker of `scorebox demo`: messages are files in one shared folder.
+        queue, processed = settings.broker_folder / "queue", settings.broker_folder / "processed"
+        queue.mkdir(parents=True, exist_ok=True)
+        processed.mkdir(parents=True, exist_ok=True)
+        transport |= {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -28,7 +40,7 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         task_serializer="json",
         task_ignore_result=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         beat_schedule=schedule,

@@ -1,4 +1,5 @@
-"""Starting scorebox's real processes (bentoml serve, celery) for tests, and stopping them."""
+"""Running the service (`bentoml serve`) and workers (`celery`) as local processes, and stopping
+them with everything they started. Used by `scorebox demo`, the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+# The repository root (bentofile.yaml, the worker package) and the environment's scripts.
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

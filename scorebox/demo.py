@@ -1,0 +1,124 @@
+"""`scorebox demo`: the whole flow on one machine with nothing to install — seed, migrate, train,
+serve, score with a real Celery worker, summarise, and stop every process it started.
+
+Without SCOREBOX_DATABASE_URL / SCOREBOX_REDIS_URL it uses a SQLite file and Celery's filesystem
+broker under ``.scorebox-demo/``; with them, PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from scorebox.db import build_metadata, make_engine, predictions_table
+from scorebox.migrate import create_database_if_missing, upgrade, wait_for_database
+from scorebox.processes import free_port, serving, working
+from scorebox.seed import seed
+from scorebox.settings import Settings, settings_env
+
+DEMO_DIR = Path(".scorebox-demo")
+
+
+def embedded(settings: Settings, directory: Path = DEMO_DIR) -> Settings:
+    """``settings`` with a SQLite database and a filesystem broker where none was configured."""
+    directory = directory.resolve()
+    changes: dict[str, Any] = {}
+    if "database_url" not in settings.model_fields_set:
+        changes["database_url"] = f"sqlite:///{directory / 'scorebox.db'}"
+    if "redis_url" not in settings.model_fields_set:
+        changes["redis_url"] = "filesystem://localhost/"
+        changes["broker_folder"] = directory / "broker"
+    if "service_url" not in settings.model_fields_set:
+        changes["service_url"] = f"http://127.0.0.1:{_port(3000)}"
+    return settings.model_copy(update=changes)
+
+
+def _port(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+    return env | settings_env(settings)
+
+
+@contextlib.contextmanager
+def stack(
+    settings: Settings, directory: Path, step: Callable[[str], None]
+) -> Iterator[dict[str, str]]:
+    """The service and one worker as local processes; both are stopped when the block ends."""
+    env = _env(settings)
+    logs = directory.resolve()
+    port = int(settings.service_url.rsplit(":", 1)[1].split("/")[0])
+    step(f"starting the service on {settings.service_url} (log: {logs / 'service.log'})")
+    with serving(env, logs / "service.log", port=port):
+        step(f"starting a Celery worker (log: {logs / 'worker.log'})")
+        (logs / "worker.log").unlink(missing_ok=True)
+        with working(env, logs / "worker.log", concurrency=1):
+            yield env
+
+
+def prepare(settings: Settings, step: Callable[[str], None]) -> tuple[Engine, Any]:
+    """Migrate, seed the example data and train; return the engine and the training result."""
+    from training.train import train
+
+    engine = make_engine(settings.database_url)
+    create_database_if_missing(engine)
+    wait_for_database(engine)
+    step("migrating the schema")
+    upgrade(engine, settings.predictions_table)
+    step(f"seeding {settings.feature_table} with the example data")
+    with engine.begin() as conn:
+        seed(
+            conn,
+            settings.feature_table,
+            id_column=settings.id_column,
+            target_column=settings.target_column,
+        )
+    step("training and registering the model")
+    return engine, train(settings, engine, step=step)
+
+
+def sample_predictions(
+    engine: Engine, settings: Settings, tag: str, n: int = 5
+) -> list[dict[str, Any]]:
+    """A few of the predictions the job wrote."""
+    table = predictions_table(
+        build_metadata(settings.predictions_table), settings.predictions_table
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                table.c.row_id,
+                table.c.predicted_label,
+                table.c.predicted_value,
+                table.c.probability,
+            )
+            .where(table.c.model_tag == tag)
+            .order_by(table.c.row_id)
+            .limit(n)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def curl_command(settings: Settings, features: list[str], record: dict[str, float]) -> str:
+    """A curl call of /predict with a real record that works against the demo's service."""
+    body = json.dumps({"records": [{f: record[f] for f in features}]})
+    auth = " -H 'Authorization: Bearer $SCOREBOX_API_TOKEN'" if settings.api_token else ""
+    return (
+        f"curl -s -X POST {settings.service_url}/predict -H 'content-type: application/json'"
+        f"{auth} -d '{body}'"
+    )
