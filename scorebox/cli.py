@@ -311,6 +311,7 @@ def demo(
     step = console.log
     engine, trained = flow.prepare(settings, step)
     console.print(f"registered [bold]{trained.tag}[/]; report: {trained.report}")
+    job: dict[str, Any] | None = None
     try:
         with flow.stack(settings, flow.DEMO_DIR, step):
             app = make_app(settings)
@@ -334,9 +335,9 @@ def demo(
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:
-        console.print("stopping")
+        console.print("stopped; every process the demo started is gone")
     engine.dispose()
-    if job["status"] != "succeeded":
+    if job is None or job["status"] != "succeeded":
         raise typer.Exit(1)
 
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     service_workers: Annotated[int, Field(ge=1, le=64)] | Literal["cpu_count"] = "cpu_count"
     service_max_records: int = Field(10_000, ge=1)
+    service_max_body_bytes: int = Field(64 * 2**20, ge=1024)
     service_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(10_000, ge=1, le=1_000_000)
     chunk_lease_seconds: float = Field(300.0, gt=0)

@@ -26,6 +26,7 @@ from scorebox.modelinfo import ModelInfo, verify_artifact
 from scorebox.settings import get_settings
 from service.auth import BearerAuth
 from service.batching import Coalescer
+from service.limits import BodyLimit
 from service.predict import ARROW_MEDIA_TYPE, InvalidBatch, Predictor
 from service.schema import ModelDescription, PredictResponse, predict_input_model, record_model
 
@@ -154,6 +155,10 @@ class Scorebox:
         return PredictResponse(model=self.predictor.tag, predictions=predictions)  # type: ignore[arg-type]
 
 
+# Added first, so it runs inside auth: an unauthenticated client learns nothing about limits.
+Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]
+    BodyLimit, max_bytes=settings.service_max_body_bytes
+)
 if settings.api_token is not None:
     Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]
         BearerAuth, token=settings.api_token.get_secret_value()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,28 @@ def test_bad_input_gets_a_4xx_naming_the_problem(service_url: str, trained: Trai
         )
         assert response.status_code == status, (name, response.text)
         assert message in response.text, (name, response.text)
+
+
+def test_oversized_body_is_413_before_it_is_read(service_url: str) -> None:
+    limit = 64 * 2**20
+    host, port = service_url.removeprefix("http://").split(":")
+    for path in ("/predict", "/v1/predict/arrow"):
+        # Only the headers go out: a 413 that needed the body would never come.
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {limit + 1}\r\n\r\n".encode()
+            )
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 413"), answer
+        assert "SCOREBOX_SERVICE_MAX_BODY_BYTES" in answer
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(limit // 2**20 + 1):
+            yield b"x" * 2**20
+
+    streamed = httpx.post(f"{service_url}/v1/predict/arrow", content=chunks())
+    assert streamed.status_code == 413
 
 
 @pytest.mark.parametrize(
