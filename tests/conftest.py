@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +26,8 @@ from scorebox.modelinfo import ModelInfo  # noqa: E402
 from scorebox.processes import serving  # noqa: E402
 from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
+from worker.celery_app import make_app  # noqa: E402
+from worker.client import ServiceClient  # noqa: E402
 
 PG_HOST = os.environ.get("SCOREBOX_TEST_PG_HOST", "127.0.0.1")
 PG_ADMIN = f"host={PG_HOST} port=5432 user=postgres dbname=postgres"
@@ -148,3 +150,35 @@ def service_url(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("service") / "serve.log"
     with serving(process_env(trained.settings), log) as url:
         yield url
+
+
+@pytest.fixture
+def scoring(
+    settings: Settings, engine: Engine, redis_url: str, service_url: str, trained: TrainedModel
+) -> Settings:
+    """This test's schema, migrated and seeded; settings that point at the served model."""
+    upgrade(engine, settings.predictions_table)
+    with engine.begin() as conn:
+        seed(conn, settings.feature_table, id_column="id", target_column="target")
+    return settings.model_copy(
+        update={"redis_url": redis_url, "service_url": service_url, "chunk_size": 100}
+    )
+
+
+@pytest.fixture
+def enqueue(scoring: Settings) -> Iterator[Callable[[int, int], None]]:
+    """Queue chunks on this run's Redis database, as the CLI does."""
+    app = make_app(scoring)
+
+    def send(job_id: int, chunk_no: int) -> None:
+        app.send_task("scorebox.score_chunk", (job_id, chunk_no))
+
+    yield send
+    app.close()
+
+
+@pytest.fixture
+def client(service_url: str) -> Iterator[ServiceClient]:
+    client = ServiceClient(service_url, None, 30)
+    yield client
+    client.close()

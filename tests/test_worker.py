@@ -7,112 +7,36 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import bentoml
 import numpy as np
-import pandas as pd
-import psycopg
-import pytest
 from sqlalchemy import Engine, text
 
-from scorebox.migrate import upgrade
 from scorebox.processes import BIN, free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
 from tests.conftest import TrainedModel, process_env
+from tests.scoring import (
+    assert_exactly_once,
+    env_for,
+    expected_from_model,
+    predictions,
+    wait_for,
+)
 from worker.celery_app import make_app
 from worker.chunks import claim, read_rows, run_chunk, write
 from worker.client import ServiceClient
 from worker.jobs import Tables, cancel_job, get_job, resume_job, submit_job
 
 
-@pytest.fixture
-def scoring(
-    settings: Settings, engine: Engine, redis_url: str, service_url: str, trained: TrainedModel
-) -> Settings:
-    """This test's schema, migrated and seeded; settings that point at the served model."""
-    upgrade(engine, settings.predictions_table)
-    with engine.begin() as conn:
-        seed(conn, settings.feature_table, id_column="id", target_column="target")
-    return settings.model_copy(
-        update={"redis_url": redis_url, "service_url": service_url, "chunk_size": 100}
-    )
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    return process_env(
-        settings,
-        SCOREBOX_REDIS_URL=settings.redis_url,
-        SCOREBOX_SERVICE_URL=settings.service_url,
-        SCOREBOX_CHUNK_SIZE=str(settings.chunk_size),
-        **extra,
-    )
-
-
-@pytest.fixture
-def enqueue(scoring: Settings) -> Iterator[Callable[[int, int], None]]:
-    """Queue chunks on this run's Redis database, as the CLI does."""
-    app = make_app(scoring)
-
-    def send(job_id: int, chunk_no: int) -> None:
-        app.send_task("scorebox.score_chunk", (job_id, chunk_no))
-
-    yield send
-    app.close()
-
-
-@pytest.fixture
-def client(service_url: str) -> Iterator[ServiceClient]:
-    client = ServiceClient(service_url, None, 30)
-    yield client
-    client.close()
-
-
-def _wait(engine: Engine, settings: Settings, job_id: int, timeout: float = 120) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while True:
-        job = get_job(engine, settings, job_id)
-        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.3)
-
-
-def _predictions(engine: Engine) -> pd.DataFrame:
-    return pd.read_sql(text("SELECT * FROM predictions ORDER BY row_id"), engine)
-
-
-def _expected(settings: Settings, trained: TrainedModel) -> pd.DataFrame:
-    """The model's own predict_proba on the table, read straight through psycopg."""
-    dsn = settings.database_url.replace("postgresql+psycopg", "postgresql")
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT * FROM features ORDER BY id")
-        frame = pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description or []])
-    proba = bentoml.sklearn.load_model(trained.tag).predict_proba(
-        frame[trained.info.feature_names].astype(float)
-    )
-    return pd.DataFrame({"row_id": frame["id"], "p1": proba[:, 1]})
-
-
-def _assert_exactly_once(engine: Engine, settings: Settings, job_id: int, rows: int) -> None:
-    job = get_job(engine, settings, job_id)
-    with engine.connect() as conn:
-        count, distinct = conn.execute(
-            text("SELECT count(*), count(DISTINCT row_id) FROM predictions WHERE model_tag = :t"),
-            {"t": job["model_tag"]},
-        ).one()
-    assert count == distinct == rows
-    assert job["rows_scored"] + job["rows_failed"] == job["rows_total"] == rows
-
-
 def test_job_scores_every_row_like_the_model_itself(
     scoring: Settings, engine: Engine, trained: TrainedModel, tmp_path: Path
 ) -> None:
-    with working(_env(scoring), tmp_path / "worker.log"):
+    with working(env_for(scoring), tmp_path / "worker.log"):
         done = subprocess.run(
             [str(BIN / "scorebox"), "score", "--wait"],
-            env=_env(scoring),
+            env=env_for(scoring),
             capture_output=True,
             text=True,
             timeout=180,
@@ -122,9 +46,9 @@ def test_job_scores_every_row_like_the_model_itself(
     job_id = int(done.stdout.split("job ")[1].split()[0])
     job = get_job(engine, scoring, job_id)
     assert job["model_tag"] == trained.tag and job["chunks_total"] == 6
-    _assert_exactly_once(engine, scoring, job_id, 569)
-    got = _predictions(engine)
-    expected = _expected(scoring, trained)
+    assert_exactly_once(engine, scoring, job_id, 569)
+    got = predictions(engine)
+    expected = expected_from_model(scoring, trained)
     assert got["row_id"].tolist() == expected["row_id"].tolist()
     probabilities = got["probabilities"].map(lambda p: p["1"])
     np.testing.assert_allclose(probabilities.to_numpy(), expected["p1"].to_numpy(), rtol=1e-9)
@@ -140,16 +64,16 @@ def test_new_mode_scores_only_rows_without_a_prediction(
     enqueue: Callable[[int, int], None],
     tmp_path: Path,
 ) -> None:
-    with working(_env(scoring), tmp_path / "worker.log"):
+    with working(env_for(scoring), tmp_path / "worker.log"):
         first = submit_job(engine, scoring, client, enqueue)
-        assert _wait(engine, scoring, first)["status"] == "succeeded"
+        assert wait_for(engine, scoring, first)["status"] == "succeeded"
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM predictions WHERE row_id % 10 = 0"))
             before = dict(conn.execute(text("SELECT row_id, scored_at FROM predictions")).all())
         second = submit_job(engine, scoring, client, enqueue, mode="new")
-        job = _wait(engine, scoring, second)
+        job = wait_for(engine, scoring, second)
     assert (job["status"], job["rows_total"], job["rows_scored"]) == ("succeeded", 56, 56)
-    after = _predictions(engine)
+    after = predictions(engine)
     assert len(after) == 569
     rescored = after[after["job_id"] == second]["row_id"]
     assert sorted(rescored) == [i for i in range(1, 570) if i % 10 == 0]
@@ -163,9 +87,9 @@ def test_chunk_delivered_twice_leaves_the_same_rows(
     job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
     tables = Tables(scoring)
     assert run_chunk(engine, tables, client, job_id, 0, 60) == "done"
-    first = _predictions(engine)
+    first = predictions(engine)
     assert run_chunk(engine, tables, client, job_id, 0, 60) == "skipped"
-    assert _predictions(engine).equals(first)
+    assert predictions(engine).equals(first)
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
 
@@ -181,9 +105,9 @@ def test_worker_whose_lease_expired_writes_nothing(
     assert taken_over is not None and taken_over.token != stalled.token
     _, result = client.score(read_rows(engine, tables, stalled))
     assert write(engine, tables, stalled, result) is False
-    assert _predictions(engine).empty
+    assert predictions(engine).empty
     assert write(engine, tables, taken_over, result) is True
-    assert len(_predictions(engine)) == 100
+    assert len(predictions(engine)) == 100
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
 
@@ -194,7 +118,7 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
         conn.execute(text("DROP TABLE features"))
         seed(conn, "features", id_column="id", target_column="target", rows=30_000)
     settings = scoring.model_copy(update={"chunk_size": 1_000})
-    env = _env(settings, SCOREBOX_CHUNK_LEASE_SECONDS="3", SCOREBOX_SWEEP_SECONDS="1")
+    env = env_for(settings, SCOREBOX_CHUNK_LEASE_SECONDS="3", SCOREBOX_SWEEP_SECONDS="1")
     app = make_app(settings)
     enqueue = lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk))  # noqa: E731
     log = tmp_path / "worker.log"
@@ -207,10 +131,10 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
     killed_at = get_job(engine, settings, job_id)
     assert killed_at["status"] == "running" and killed_at["rows_scored"] < 30_000
     with working(env, log, concurrency=2, beat=True):
-        job = _wait(engine, settings, job_id, timeout=240)
+        job = wait_for(engine, settings, job_id, timeout=240)
     app.close()
     assert job["status"] == "succeeded", job
-    _assert_exactly_once(engine, settings, job_id, 30_000)
+    assert_exactly_once(engine, settings, job_id, 30_000)
 
 
 def test_service_down_then_up_finishes_and_down_too_long_fails(
@@ -223,22 +147,22 @@ def test_service_down_then_up_finishes_and_down_too_long_fails(
 ) -> None:
     port = free_port()
     down = scoring.model_copy(update={"service_url": f"http://127.0.0.1:{port}"})
-    with working(_env(down), tmp_path / "worker.log"):
+    with working(env_for(down), tmp_path / "worker.log"):
         job_id = submit_job(engine, scoring, client, enqueue)
         time.sleep(3)
         assert get_job(engine, scoring, job_id)["rows_scored"] == 0
         service_env = process_env(trained.settings)
         with serving(service_env, tmp_path / "serve.log", port=port):
-            job = _wait(engine, scoring, job_id)
+            job = wait_for(engine, scoring, job_id)
     assert job["status"] == "succeeded"
-    _assert_exactly_once(engine, scoring, job_id, 569)
+    assert_exactly_once(engine, scoring, job_id, 569)
 
-    with working(_env(down, SCOREBOX_SERVICE_RETRIES="2"), tmp_path / "worker2.log"):
+    with working(env_for(down, SCOREBOX_SERVICE_RETRIES="2"), tmp_path / "worker2.log"):
         failing = submit_job(engine, scoring, client, enqueue)
-        job = _wait(engine, scoring, failing)
+        job = wait_for(engine, scoring, failing)
     assert job["status"] == "failed"
     assert f"127.0.0.1:{port}" in job["error"] and "gave up after 2 retries" in job["error"]
-    assert len(_predictions(engine)) == 569  # what the first job wrote stays
+    assert len(predictions(engine)) == 569  # what the first job wrote stays
 
 
 def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
@@ -251,8 +175,8 @@ def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
     with engine.begin() as conn:
         conn.execute(text("UPDATE features SET mean_area = 'Infinity' WHERE id IN (7, 300)"))
         conn.execute(text("UPDATE features SET mean_radius = NULL WHERE id = 8"))
-    with working(_env(scoring), tmp_path / "worker.log"):
-        job = _wait(engine, scoring, submit_job(engine, scoring, client, enqueue))
+    with working(env_for(scoring), tmp_path / "worker.log"):
+        job = wait_for(engine, scoring, submit_job(engine, scoring, client, enqueue))
     assert (job["status"], job["rows_scored"], job["rows_failed"]) == ("succeeded", 567, 2)
     with engine.connect() as conn:
         failed = conn.execute(text("SELECT row_id, reason FROM scorebox_failed_rows")).all()
@@ -260,7 +184,7 @@ def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
         (7, "infinite value in mean_area"),
         (300, "infinite value in mean_area"),
     ]
-    assert 8 in _predictions(engine)["row_id"].tolist()  # NULL is imputed, not a failure
+    assert 8 in predictions(engine)["row_id"].tolist()  # NULL is imputed, not a failure
 
 
 def test_job_for_another_model_fails_instead_of_mixing(
@@ -275,13 +199,13 @@ def test_job_for_another_model_fails_instead_of_mixing(
         conn.execute(
             text("UPDATE scorebox_jobs SET model_tag = 'served:older' WHERE id = :j"), {"j": job_id}
         )
-    with working(_env(scoring), tmp_path / "worker.log"):
+    with working(env_for(scoring), tmp_path / "worker.log"):
         for chunk in range(6):
             enqueue(job_id, chunk)
-        job = _wait(engine, scoring, job_id)
+        job = wait_for(engine, scoring, job_id)
     assert job["status"] == "failed"
     assert "job" in job["error"] and "served:older; not mixing models" in job["error"]
-    assert _predictions(engine).empty
+    assert predictions(engine).empty
 
 
 def test_cancelled_job_writes_nothing_more_and_can_resume(
@@ -294,21 +218,21 @@ def test_cancelled_job_writes_nothing_more_and_can_resume(
     job_id = submit_job(engine, scoring, client, enqueue)
     assert cancel_job(engine, scoring, job_id) is True
     assert cancel_job(engine, scoring, job_id) is False
-    with working(_env(scoring), tmp_path / "worker.log"):
+    with working(env_for(scoring), tmp_path / "worker.log"):
         time.sleep(3)
         assert get_job(engine, scoring, job_id)["status"] == "cancelled"
-        assert _predictions(engine).empty
+        assert predictions(engine).empty
         assert resume_job(engine, scoring, enqueue, job_id) == 6
-        job = _wait(engine, scoring, job_id)
+        job = wait_for(engine, scoring, job_id)
     assert job["status"] == "succeeded"
-    _assert_exactly_once(engine, scoring, job_id, 569)
+    assert_exactly_once(engine, scoring, job_id, 569)
 
 
 def test_jobs_cli_lists_shows_and_explains_unknown_ids(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:
     job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
-    env = _env(scoring)
+    env = env_for(scoring)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
