@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,7 +126,10 @@ def test_oversized_body_is_413_before_it_is_read(service_url: str) -> None:
                 f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {limit + 1}\r\n\r\n".encode()
             )
-            answer = sock.recv(65536).decode()
+            received = b""
+            while chunk := sock.recv(65536):  # the service closes the connection after a 413
+                received += chunk
+            answer = received.decode()
         assert answer.startswith("HTTP/1.1 413"), answer
         assert "SCOREBOX_SERVICE_MAX_BODY_BYTES" in answer
 
@@ -187,9 +191,18 @@ def test_model_health_and_metrics_endpoints(service_url: str, trained: TrainedMo
     assert httpx.get(f"{service_url}/livez").status_code == 200
     assert httpx.get(f"{service_url}/readyz").status_code == 200
     record = _records(trained, _rows(trained, 3))
-    httpx.post(f"{service_url}/predict", json={"records": record}).raise_for_status()
-    metrics = httpx.get(f"{service_url}/metrics").text
-    assert 'scorebox_rows_predicted_total{endpoint="predict"' in metrics
+    # Each worker process counts its own rows; ask a few times so both have served and reported.
+    seen = False
+    for _ in range(20):
+        httpx.post(f"{service_url}/predict", json={"records": record}).raise_for_status()
+        seen = (
+            'scorebox_rows_predicted_total{endpoint="predict"'
+            in httpx.get(f"{service_url}/metrics").text
+        )
+        if seen:
+            break
+        time.sleep(0.2)
+    assert seen
 
 
 def test_openapi_shows_the_real_feature_names(service_url: str, trained: TrainedModel) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import Engine, text
 
 from scorebox.processes import BIN, free_port, serving, working
@@ -111,30 +112,31 @@ def test_worker_whose_lease_expired_writes_nothing(
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_nothing_and_scores_each_row_once(
     scoring: Settings, engine: Engine, client: ServiceClient, tmp_path: Path
 ) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE features"))
-        seed(conn, "features", id_column="id", target_column="target", rows=30_000)
-    settings = scoring.model_copy(update={"chunk_size": 1_000})
+        seed(conn, "features", id_column="id", target_column="target", rows=200_000)
+    settings = scoring.model_copy(update={"chunk_size": 5_000})
     env = env_for(settings, SCOREBOX_CHUNK_LEASE_SECONDS="3", SCOREBOX_SWEEP_SECONDS="1")
     app = make_app(settings)
     enqueue = lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk))  # noqa: E731
     log = tmp_path / "worker.log"
     with working(env, log, concurrency=1) as process:
         job_id = submit_job(engine, settings, client, enqueue)
-        while get_job(engine, settings, job_id)["rows_scored"] < 3_000:
+        while get_job(engine, settings, job_id)["rows_scored"] < 20_000:
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     killed_at = get_job(engine, settings, job_id)
-    assert killed_at["status"] == "running" and killed_at["rows_scored"] < 30_000
+    assert killed_at["status"] == "running" and killed_at["rows_scored"] < 200_000
     with working(env, log, concurrency=2, beat=True):
         job = wait_for(engine, settings, job_id, timeout=240)
     app.close()
     assert job["status"] == "succeeded", job
-    assert_exactly_once(engine, settings, job_id, 30_000)
+    assert_exactly_once(engine, settings, job_id, 200_000)
 
 
 def test_service_down_then_up_finishes_and_down_too_long_fails(
