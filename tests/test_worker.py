@@ -104,7 +104,7 @@ def test_worker_whose_lease_expired_writes_nothing(
     time.sleep(0.5)
     taken_over = claim(engine, tables, job_id, 0, lease=60)
     assert taken_over is not None and taken_over.token != stalled.token
-    _, result = client.score(read_rows(engine, tables, stalled))
+    _, result = client.score(read_rows(engine, tables, stalled).table)
     assert write(engine, tables, stalled, result) is False
     assert predictions(engine).empty
     assert write(engine, tables, taken_over, result) is True

@@ -107,7 +107,15 @@ def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: flo
     return Claim(job_id, chunk_no, row.id_lo, row.id_hi, token, dict(job))
 
 
-def read_rows(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
+@dataclass(frozen=True)
+class Rows:
+    """A chunk's rows ready for the service, and those refused before it (id, reason)."""
+
+    table: pa.Table
+    refused: list[tuple[int, str]]
+
+
+def read_rows(engine: Engine, tables: Tables, claim: Claim) -> Rows:
     """The chunk's rows (``id`` and features) as Arrow, streamed by COPY and parsed in C++.
 
     In mode ``new`` rows that already have a prediction for the job's model are left out.
@@ -142,13 +150,39 @@ def read_rows(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
                     buffer.write(block)
     buffer.seek(0)
     types = {"id": pa.int64()} | {f: pa.float64() for f in features}
-    return pacsv.read_csv(
-        buffer,
-        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-    )
+    try:
+        table = pacsv.read_csv(
+            buffer,
+            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+        )
+        return Rows(table, [])
+    except pa.ArrowInvalid:
+        # Some value is not a number (a text column): parse as text and sort the rows out.
+        buffer.seek(0)
+        text_types = {"id": pa.int64()} | {f: pa.string() for f in features}
+        frame = pacsv.read_csv(
+            buffer,
+            convert_options=pacsv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
+        ).to_pandas()
+        return _numeric(frame, features)
 
 
-def _read_rows_portable(engine: Engine, tables: Tables, claim: Claim) -> pa.Table:
+def _numeric(frame: pd.DataFrame, features: list[str]) -> Rows:
+    """Convert feature columns to float; a row with a value that is not a number (other than
+    NULL) is refused with the column and value, and the rest go on."""
+    reasons = [""] * len(frame)
+    for name in features:
+        raw = frame[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        for i in np.flatnonzero((values.isna() & raw.notna()).to_numpy()):
+            reasons[i] = reasons[i] or f"non-numeric value in {name}: {raw.iloc[i]!r}"
+        frame[name] = values.astype("float64")
+    refused = [(int(i), r) for i, r in zip(frame["id"], reasons, strict=True) if r]
+    good = frame[[not r for r in reasons]].astype({"id": "int64"})
+    return Rows(pa.Table.from_pandas(good, preserve_index=False), refused)
+
+
+def _read_rows_portable(engine: Engine, tables: Tables, claim: Claim) -> Rows:
     """The same rows through a plain SELECT (SQLite, where there is no COPY)."""
     job = claim.job
     features: list[str] = job["features"]
@@ -165,10 +199,7 @@ def _read_rows_portable(engine: Engine, tables: Tables, claim: Claim) -> pa.Tabl
                 unscored(source, job["id_column"], tables.predictions, job["model_tag"])
             )
         frame = pd.read_sql(query, conn)
-    for name in features:
-        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    frame["id"] = frame["id"].astype("int64")
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    return _numeric(frame, features)
 
 
 def _prediction_rows(result: pa.Table, job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -207,11 +238,18 @@ def _prediction_rows(result: pa.Table, job_id: int) -> tuple[dict[str, Any], lis
     return columns, failed
 
 
-def write(engine: Engine, tables: Tables, claim: Claim, result: pa.Table | None) -> bool:
+def write(
+    engine: Engine,
+    tables: Tables,
+    claim: Claim,
+    result: pa.Table | None,
+    refused: list[tuple[int, str]] = (),  # type: ignore[assignment]
+) -> bool:
     """Upsert predictions, record failed rows and complete the chunk in one transaction, only if
     this worker still holds the lease. Returns False (and writes nothing) when fenced off.
     ``result`` is None for a chunk with no rows left to score."""
     columns, failed = _prediction_rows(result, claim.job_id) if result else ({"row_id": []}, [])
+    failed += [{"job_id": claim.job_id, "row_id": i, "reason": r} for i, r in refused]
     scored = len(columns["row_id"])
     chunks, jobs, predictions = tables.chunks, tables.jobs, tables.predictions
     with engine.begin() as conn:
@@ -389,10 +427,10 @@ def run_chunk(
     if leased is None:
         return "skipped"
     try:
-        batch = read_rows(engine, tables, leased)
-        if batch.num_rows == 0:
-            return "done" if write(engine, tables, leased, None) else "fenced"
-        tag, result = client.score(batch)
+        rows = read_rows(engine, tables, leased)
+        if rows.table.num_rows == 0:
+            return "done" if write(engine, tables, leased, None, rows.refused) else "fenced"
+        tag, result = client.score(rows.table)
         if tag != leased.job["model_tag"]:
             raise ModelMismatch(
                 f"the service now serves {tag}, but job {job_id} scores with "
@@ -413,7 +451,7 @@ def run_chunk(
         fail(engine, tables, leased, f"internal error: {exc!r}")
         return "failed"
     try:
-        return "done" if write(engine, tables, leased, result) else "fenced"
+        return "done" if write(engine, tables, leased, result, rows.refused) else "fenced"
     except (OperationalError, InterfaceError):
         _release_quietly(engine, tables, leased)
         raise
