@@ -38,12 +38,29 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
             process.wait(timeout)
 
 
+def _private_home(env: dict[str, str], home: Path) -> dict[str, str]:
+    """A BENTOML_HOME of this server's own that shares the model and Bento stores.
+
+    `bentoml serve` empties <BENTOML_HOME>/prometheus_multiproc_dir when it starts, so two servers
+    on one home wipe each other's metrics; each gets its own directory for them.
+    """
+    shared = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml")
+    home.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        link = home / store
+        if not link.exists():
+            link.symlink_to(shared / store, target_is_directory=True)
+    return env | {"BENTOML_HOME": str(home)}
+
+
 @contextmanager
 def serving(
     env: dict[str, str], log: Path, timeout: float = 90, target: str = ".", port: int | None = None
 ) -> Iterator[str]:
     """Run `bentoml serve <target>` from the repository root; yield its URL once /readyz answers."""
     port = port or free_port()
+    env = _private_home(env, log.parent / f"bentoml-home-{port}")
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(BIN / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)],

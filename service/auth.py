@@ -24,16 +24,23 @@ class BearerAuth:
         if secrets.compare_digest(given, self.expected):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "missing or wrong bearer token"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
+        await send_json(
+            send, 401, {"error": "missing or wrong bearer token"}, (b"www-authenticate", b"Bearer")
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Any, status: int, payload: object, *headers: tuple[bytes, bytes]) -> None:
+    """Answer an ASGI request with ``payload`` as JSON, from a middleware."""
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

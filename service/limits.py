@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from service.auth import send_json
 
 
 class BodyLimit:
@@ -15,21 +16,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def _refuse(self, send: Any) -> None:
-        body = json.dumps(
-            {"error": f"request body over {self.max_bytes} bytes (SCOREBOX_SERVICE_MAX_BODY_BYTES)"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        error = f"request body over {self.max_bytes} bytes (SCOREBOX_SERVICE_MAX_BODY_BYTES)"
+        await send_json(send, 413, {"error": error}, (b"connection", b"close"))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

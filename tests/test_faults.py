@@ -19,6 +19,7 @@ from scorebox.seed import seed
 from scorebox.settings import Settings
 from tests.conftest import PG_HOST, TrainedModel, process_env
 from tests.scoring import assert_exactly_once, env_for, expected_from_model, predictions, wait_for
+from tests.test_service import schemathesis
 from worker.celery_app import make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
@@ -135,8 +136,8 @@ def test_database_connections_killed_mid_job_are_retried(
     with working(env_for(settings), tmp_path / "worker.log"):
         job_id = submit_job(engine, settings, client, enqueue)
         killed = 0
-        for _ in range(3):
-            _progress(engine, settings, job_id, 10_000 * (killed // 2 + 1))
+        for round_ in range(3):
+            _progress(engine, settings, job_id, 10_000 * (round_ + 1))
             with psycopg.connect(f"host={PG_HOST} user=postgres dbname=postgres") as admin:
                 killed += len(
                     admin.execute(
@@ -290,15 +291,4 @@ def test_load_32_clients_mixed_rows_and_batches_no_5xx_flat_memory(
 
 
 def test_schemathesis_with_many_examples(service_url: str) -> None:
-    from scorebox.processes import BIN
-
-    done = subprocess.run(
-        [
-            *(str(BIN / "st"), "run", f"{service_url}/docs.json"),
-            *("--checks", "not_a_server_error", "--max-examples", "300", "--seed", "11"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-4000:]
+    schemathesis(service_url, examples=300, seed=11)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
@@ -49,6 +50,11 @@ from worker.client import ServiceClient, ServiceUnavailable
 from worker.jobs import ACTIVE, Tables, unscored
 
 log = logging.getLogger(__name__)
+
+
+# Database faults worth retrying: a lost connection or a server restart, through SQLAlchemy or
+# psycopg's COPY.
+TRANSIENT = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 class ModelMismatch(ScoreboxError):
@@ -383,32 +389,30 @@ def _upsert_rows(
     )
 
 
+def _end_lease(conn: Connection, tables: Tables, claim: Claim, **values: Any) -> None:
+    """Set ``values`` on the chunk and drop its lease, if this worker still holds it."""
+    chunks = tables.chunks
+    conn.execute(
+        update(chunks)
+        .where(
+            chunks.c.job_id == claim.job_id,
+            chunks.c.chunk_no == claim.chunk_no,
+            chunks.c.lease_token == claim.token,
+        )
+        .values(lease_token=None, updated_at=utcnow(), **values)
+    )
+
+
 def release(engine: Engine, tables: Tables, claim: Claim) -> None:
     """Give the chunk back (status pending) so a retry can claim it at once."""
     with engine.begin() as conn:
-        conn.execute(
-            update(tables.chunks)
-            .where(
-                tables.chunks.c.job_id == claim.job_id,
-                tables.chunks.c.chunk_no == claim.chunk_no,
-                tables.chunks.c.lease_token == claim.token,
-            )
-            .values(status="pending", lease_token=None, updated_at=utcnow())
-        )
+        _end_lease(conn, tables, claim, status="pending")
 
 
 def fail(engine: Engine, tables: Tables, claim: Claim, error: str) -> None:
     """Mark the chunk and its job failed with ``error``; what other chunks wrote stays."""
     with engine.begin() as conn:
-        conn.execute(
-            update(tables.chunks)
-            .where(
-                tables.chunks.c.job_id == claim.job_id,
-                tables.chunks.c.chunk_no == claim.chunk_no,
-                tables.chunks.c.lease_token == claim.token,
-            )
-            .values(status="failed", lease_token=None, error=error, updated_at=utcnow())
-        )
+        _end_lease(conn, tables, claim, status="failed", error=error)
         conn.execute(
             update(tables.jobs)
             .where(tables.jobs.c.id == claim.job_id, tables.jobs.c.status.in_(ACTIVE))
@@ -439,7 +443,7 @@ def run_chunk(
     except ServiceUnavailable:
         release(engine, tables, leased)
         raise
-    except (OperationalError, InterfaceError):
+    except TRANSIENT:
         _release_quietly(engine, tables, leased)
         raise
     except ScoreboxError as exc:
@@ -452,7 +456,7 @@ def run_chunk(
         return "failed"
     try:
         return "done" if write(engine, tables, leased, result, rows.refused) else "fenced"
-    except (OperationalError, InterfaceError):
+    except TRANSIENT:
         _release_quietly(engine, tables, leased)
         raise
 
@@ -462,7 +466,7 @@ def _release_quietly(engine: Engine, tables: Tables, leased: Claim) -> None:
     sweeper queues the chunk again."""
     try:
         release(engine, tables, leased)
-    except (OperationalError, InterfaceError):
+    except TRANSIENT:
         log.warning(
             "chunk %s/%s: could not release, lease will expire", leased.job_id, leased.chunk_no
         )

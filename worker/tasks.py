@@ -8,12 +8,11 @@ from functools import cache
 
 from celery import Task
 from sqlalchemy import Engine, or_, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from scorebox.db import make_engine, utcnow
 from scorebox.settings import Settings, get_settings
 from worker.celery_app import app
-from worker.chunks import run_chunk
+from worker.chunks import TRANSIENT, run_chunk
 from worker.client import ServiceClient, ServiceUnavailable
 from worker.jobs import ACTIVE, Tables, submit_job
 
@@ -48,7 +47,7 @@ def score_chunk(self: Task, job_id: int, chunk_no: int) -> str:
     settings, engine, tables, client = _context()
     try:
         outcome = run_chunk(engine, tables, client, job_id, chunk_no, settings.chunk_lease_seconds)
-    except (ServiceUnavailable, OperationalError, InterfaceError) as exc:
+    except (ServiceUnavailable, *TRANSIENT) as exc:
         retries = self.request.retries
         if retries >= settings.service_retries:
             _fail_job(engine, tables, job_id, f"gave up after {retries} retries: {exc}")
