@@ -34,7 +34,7 @@ from scorebox.db import make_engine
 from scorebox.processes import serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
-from worker.celery_app import make_app
+from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
 
@@ -95,7 +95,7 @@ def scorebox_run(
             engine,
             settings,
             client,
-            lambda j, c: app.send_task("scorebox.score_chunk", (j, c)),
+            chunk_sender(app),
             table=table,
         )
         while (job := get_job(engine, settings, job_id))["status"] in ("queued", "running"):

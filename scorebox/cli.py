@@ -146,22 +146,27 @@ def _build_bento() -> None:
 def _client(settings: Settings) -> Any:
     from worker.client import ServiceClient
 
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    return ServiceClient(settings.service_url, token, settings.service_timeout)
+    return ServiceClient.from_settings(settings)
 
 
-def _enqueue(job_id: int, chunk_no: int) -> None:
+def _enqueuer(settings: Settings) -> Callable[[int, int], None]:
+    """Queue chunks on the broker of ``settings``; an unreachable broker is a clear error."""
     from kombu.exceptions import OperationalError
 
-    from worker.tasks import enqueue_chunk
+    from worker.celery_app import chunk_sender, make_app
 
-    try:
-        enqueue_chunk(job_id, chunk_no)
-    except OperationalError as exc:
-        raise ScoreboxError(
-            f"cannot reach the broker (SCOREBOX_REDIS_URL): {exc}; job {job_id} is recorded: "
-            f"run `scorebox jobs resume {job_id}` once Redis is up"
-        ) from None
+    send = chunk_sender(make_app(settings))
+
+    def enqueue(job_id: int, chunk_no: int) -> None:
+        try:
+            send(job_id, chunk_no)
+        except OperationalError as exc:
+            raise ScoreboxError(
+                f"cannot reach the broker (SCOREBOX_REDIS_URL): {exc}; job {job_id} is recorded: "
+                f"run `scorebox jobs resume {job_id}` once the broker is up"
+            ) from None
+
+    return enqueue
 
 
 @app.command()
@@ -184,7 +189,13 @@ def score(
     settings = get_settings()
     engine = _ready_engine(settings)
     job_id = submit_job(
-        engine, settings, _client(settings), _enqueue, table=table, model_tag=model, mode=mode
+        engine,
+        settings,
+        _client(settings),
+        _enqueuer(settings),
+        table=table,
+        model_tag=model,
+        mode=mode,
     )
     console.print(f"job {job_id} queued")
     if wait and _watch(engine, settings, job_id)["status"] != "succeeded":
@@ -286,7 +297,7 @@ def jobs_resume(job_id: int) -> None:
     from worker.jobs import resume_job
 
     settings = get_settings()
-    count = resume_job(_ready_engine(settings), settings, _enqueue, job_id)
+    count = resume_job(_ready_engine(settings), settings, _enqueuer(settings), job_id)
     console.print(f"job {job_id}: {count} chunk(s) queued again")
 
 
@@ -303,7 +314,6 @@ def demo(
     and SCOREBOX_REDIS_URL are set. Every process it starts is stopped on exit or Ctrl-C.
     """
     from scorebox import demo as flow
-    from worker.celery_app import make_app
     from worker.jobs import submit_job
 
     flow.DEMO_DIR.mkdir(exist_ok=True)
@@ -314,14 +324,8 @@ def demo(
     job: dict[str, Any] | None = None
     try:
         with flow.stack(settings, flow.DEMO_DIR, step):
-            app = make_app(settings)
             client = _client(settings)
-            job_id = submit_job(
-                engine,
-                settings,
-                client,
-                lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk)),
-            )
+            job_id = submit_job(engine, settings, client, _enqueuer(settings))
             step(f"job {job_id} queued")
             job = _watch(engine, settings, job_id)
             record = _first_record(engine, settings, trained.info.feature_names)
@@ -329,7 +333,6 @@ def demo(
             curl = flow.curl_command(settings, trained.info.feature_names, record)
             console.print(f"try it: {curl}", highlight=False, soft_wrap=True)
             client.close()
-            app.close()
             if keep_serving:
                 console.print("service still running; press Ctrl-C to stop")
                 while True:

@@ -26,7 +26,7 @@ from scorebox.modelinfo import ModelInfo  # noqa: E402
 from scorebox.processes import serving  # noqa: E402
 from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
-from worker.celery_app import make_app  # noqa: E402
+from worker.celery_app import chunk_sender, make_app  # noqa: E402
 from worker.client import ServiceClient  # noqa: E402
 
 PG_HOST = os.environ.get("SCOREBOX_TEST_PG_HOST", "127.0.0.1")
@@ -169,11 +169,7 @@ def scoring(
 def enqueue(scoring: Settings) -> Iterator[Callable[[int, int], None]]:
     """Queue chunks on this run's Redis database, as the CLI does."""
     app = make_app(scoring)
-
-    def send(job_id: int, chunk_no: int) -> None:
-        app.send_task("scorebox.score_chunk", (job_id, chunk_no))
-
-    yield send
+    yield chunk_sender(app)
     app.close()
 
 

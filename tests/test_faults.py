@@ -20,7 +20,7 @@ from scorebox.settings import Settings
 from tests.conftest import PG_HOST, TrainedModel, process_env
 from tests.scoring import assert_exactly_once, env_for, expected_from_model, predictions, wait_for
 from tests.test_service import schemathesis
-from worker.celery_app import make_app
+from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
 
@@ -35,7 +35,7 @@ def _big_table(engine: Engine, rows: int) -> None:
 
 def _sender(settings: Settings):  # type: ignore[no-untyped-def]
     app = make_app(settings)
-    return app, lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk))
+    return app, chunk_sender(app)
 
 
 def _progress(engine: Engine, settings: Settings, job_id: int, rows: int) -> None:

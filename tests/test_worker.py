@@ -25,7 +25,7 @@ from tests.scoring import (
     predictions,
     wait_for,
 )
-from worker.celery_app import make_app
+from worker.celery_app import chunk_sender, make_app
 from worker.chunks import claim, read_rows, run_chunk, write
 from worker.client import ServiceClient
 from worker.jobs import Tables, cancel_job, get_job, resume_job, submit_job
@@ -122,7 +122,7 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
     settings = scoring.model_copy(update={"chunk_size": 5_000})
     env = env_for(settings, SCOREBOX_CHUNK_LEASE_SECONDS="3", SCOREBOX_SWEEP_SECONDS="1")
     app = make_app(settings)
-    enqueue = lambda job, chunk: app.send_task("scorebox.score_chunk", (job, chunk))  # noqa: E731
+    enqueue = chunk_sender(app)
     log = tmp_path / "worker.log"
     with working(env, log, concurrency=1) as process:
         job_id = submit_job(engine, settings, client, enqueue)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 from celery.schedules import crontab
 
 from scorebox.settings import Settings, get_settings
+
+SCORE_CHUNK = "scorebox.score_chunk"
+
+
+def chunk_sender(app: Celery) -> Callable[[int, int], None]:
+    """Queue chunk ``chunk_no`` of job ``job_id`` through ``app`` (by task name, so the caller
+    need not import the tasks)."""
+
+    def send(job_id: int, chunk_no: int) -> None:
+        app.send_task(SCORE_CHUNK, (job_id, chunk_no))
+
+    return send
 
 
 def make_app(settings: Settings) -> Celery:

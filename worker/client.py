@@ -8,6 +8,7 @@ import httpx
 import pyarrow as pa
 
 from scorebox.errors import ScoreboxError
+from scorebox.settings import Settings
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
@@ -27,6 +28,12 @@ class ServiceClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServiceClient:
+        """A client for SCOREBOX_SERVICE_URL, SCOREBOX_API_TOKEN and SCOREBOX_SERVICE_TIMEOUT."""
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        return cls(settings.service_url, token, settings.service_timeout)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, or_, select, update
 
 from scorebox.db import make_engine, utcnow
 from scorebox.settings import Settings, get_settings
-from worker.celery_app import app
+from worker.celery_app import SCORE_CHUNK, app
 from worker.chunks import TRANSIENT, run_chunk
 from worker.client import ServiceClient, ServiceUnavailable
 from worker.jobs import ACTIVE, Tables, submit_job
@@ -23,8 +23,7 @@ log = logging.getLogger(__name__)
 def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
     """Per worker process (created after the fork): settings, engine, tables, service client."""
     settings = get_settings()
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    client = ServiceClient(settings.service_url, token, settings.service_timeout)
+    client = ServiceClient.from_settings(settings)
     return settings, make_engine(settings.database_url), Tables(settings), client
 
 
@@ -34,7 +33,7 @@ def enqueue_chunk(job_id: int, chunk_no: int) -> None:
 
 
 @app.task(
-    name="scorebox.score_chunk",
+    name=SCORE_CHUNK,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
