@@ -66,19 +66,16 @@ def db_upgrade() -> None:
     console.print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
 
 
-@app.command()
-@_friendly
-def seed(
-    rows: Annotated[
-        int | None,
-        typer.Option(help="Generate this many synthetic rows instead of the example data."),
-    ] = None,
-) -> None:
-    """Load example data into SCOREBOX_FEATURE_TABLE (breast cancer data, or --rows synthetic)."""
+def _metrics(metrics: dict[str, float | None]) -> str:
+    """Holdout metrics on one line."""
+    return ", ".join(
+        f"{name} {'n/a' if value is None else f'{value:.4f}'}" for name, value in metrics.items()
+    )
+
+
+def _seed(settings: Settings, engine: Engine, rows: int | None) -> None:
     from scorebox.seed import seed as seed_table
 
-    settings = get_settings()
-    engine = _ready_engine(settings)
     with Progress(
         TextColumn("seeding"),
         BarColumn(),
@@ -102,6 +99,19 @@ def seed(
 
 @app.command()
 @_friendly
+def seed(
+    rows: Annotated[
+        int | None,
+        typer.Option(help="Generate this many synthetic rows instead of the example data."),
+    ] = None,
+) -> None:
+    """Load example data into SCOREBOX_FEATURE_TABLE (breast cancer data, or --rows synthetic)."""
+    settings = get_settings()
+    _seed(settings, _ready_engine(settings), rows)
+
+
+@app.command()
+@_friendly
 def train(
     seed_example: Annotated[
         bool, typer.Option("--seed", help="Load the example data into the table first.")
@@ -116,15 +126,11 @@ def train(
     settings = get_settings()
     engine = _ready_engine(settings)
     if seed_example:
-        seed()
+        _seed(settings, engine, rows=None)
     with console.status("training") as status:
         result = run_training(settings, engine, step=lambda text: status.update(text))
-    metrics = ", ".join(
-        f"{name} {'n/a' if value is None else f'{value:.4f}'}"
-        for name, value in result.info.metrics.items()
-    )
     console.print(f"registered [bold]{result.tag}[/] ({result.info.task}, {result.info.estimator})")
-    console.print(f"holdout: {metrics}")
+    console.print(f"holdout: {_metrics(result.info.metrics)}")
     for note, count in result.info.data_notes.items():
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
@@ -329,7 +335,8 @@ def demo(
             step(f"job {job_id} queued")
             job = _watch(engine, settings, job_id)
             record = _first_record(engine, settings, trained.info.feature_names)
-            _summary(settings, trained, job, flow.sample_predictions(engine, settings, trained.tag))
+            sample = flow.sample_predictions(engine, settings, trained.tag)
+            _summary(engine, settings, trained, job, sample)
             curl = flow.curl_command(settings, trained.info.feature_names, record)
             console.print(f"try it: {curl}", highlight=False, soft_wrap=True)
             client.close()
@@ -357,12 +364,11 @@ def _first_record(engine: Engine, settings: Settings, features: list[str]) -> di
     return {f: float(v) for f, v in zip(features, row, strict=True)}
 
 
-def _summary(settings: Settings, trained: Any, job: dict[str, Any], sample: list[Any]) -> None:
+def _summary(
+    engine: Engine, settings: Settings, trained: Any, job: dict[str, Any], sample: list[Any]
+) -> None:
     from rich.table import Table
 
-    metrics = ", ".join(
-        f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in trained.info.metrics.items()
-    )
     table = Table("row", "prediction", "probability", title="a few predictions")
     for row in sample:
         label = (
@@ -373,12 +379,11 @@ def _summary(settings: Settings, trained: Any, job: dict[str, Any], sample: list
     console.print(table)
     console.rule("scorebox demo")
     console.print(f"model        {trained.tag} ({trained.info.task}, {trained.info.estimator})")
-    console.print(f"metrics      {metrics}")
+    console.print(f"metrics      {_metrics(trained.info.metrics)}")
     scored, total, failed = job["rows_scored"], job["rows_total"], job["rows_failed"]
     console.print(f"rows scored  {scored:,} of {total:,} (failed {failed:,})")
     console.print(f"report       {trained.report}")
-    database = make_engine(settings.database_url).url.render_as_string(hide_password=True)
-    console.print(f"database     {database}")
+    console.print(f"database     {engine.url.render_as_string(hide_password=True)}")
     console.print(f"predictions  table {settings.predictions_table}, job {job['id']}")
     console.print(
         f"service      {settings.service_url} (OpenAPI at {settings.service_url}/docs.json)"

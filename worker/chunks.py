@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -47,7 +48,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from scorebox.db import insert_for, reflect_table, split_name, utcnow
 from scorebox.errors import ScoreboxError
 from worker.client import ServiceClient, ServiceUnavailable
-from worker.jobs import ACTIVE, Tables, unscored
+from worker.jobs import ACTIVE, Tables, fail_job, unscored
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def write(
     tables: Tables,
     claim: Claim,
     result: pa.Table | None,
-    refused: list[tuple[int, str]] = (),  # type: ignore[assignment]
+    refused: Sequence[tuple[int, str]] = (),
 ) -> bool:
     """Upsert predictions, record failed rows and complete the chunk in one transaction, only if
     this worker still holds the lease. Returns False (and writes nothing) when fenced off.
@@ -413,11 +414,7 @@ def fail(engine: Engine, tables: Tables, claim: Claim, error: str) -> None:
     """Mark the chunk and its job failed with ``error``; what other chunks wrote stays."""
     with engine.begin() as conn:
         _end_lease(conn, tables, claim, status="failed", error=error)
-        conn.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == claim.job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="failed", error=error, finished_at=utcnow())
-        )
+        fail_job(conn, tables, claim.job_id, error)
 
 
 def run_chunk(

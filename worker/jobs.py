@@ -141,6 +141,15 @@ def submit_job(
     return int(job_id)
 
 
+def fail_job(conn: Connection, tables: Tables, job_id: int, error: str) -> None:
+    """Mark an active job failed with ``error``; what its chunks wrote stays."""
+    conn.execute(
+        update(tables.jobs)
+        .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
+        .values(status="failed", error=error, finished_at=utcnow())
+    )
+
+
 def cancel_job(engine: Engine, settings: Settings, job_id: int) -> bool:
     """Stop a queued or running job; chunks not yet written are not written. True if cancelled."""
     tables = Tables(settings)

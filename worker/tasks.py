@@ -14,7 +14,7 @@ from scorebox.settings import Settings, get_settings
 from worker.celery_app import SCORE_CHUNK, app
 from worker.chunks import TRANSIENT, run_chunk
 from worker.client import ServiceClient, ServiceUnavailable
-from worker.jobs import ACTIVE, Tables, submit_job
+from worker.jobs import ACTIVE, Tables, fail_job, submit_job
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +49,14 @@ def score_chunk(self: Task, job_id: int, chunk_no: int) -> str:
     except (ServiceUnavailable, *TRANSIENT) as exc:
         retries = self.request.retries
         if retries >= settings.service_retries:
-            _fail_job(engine, tables, job_id, f"gave up after {retries} retries: {exc}")
+            with engine.begin() as conn:
+                fail_job(conn, tables, job_id, f"gave up after {retries} retries: {exc}")
             return "failed"
         delay = min(2**retries, 30)
         log.warning("chunk %s/%s: %s; retry %s in %ss", job_id, chunk_no, exc, retries + 1, delay)
         raise self.retry(countdown=delay) from None
     log.info("chunk %s/%s: %s", job_id, chunk_no, outcome)
     return outcome
-
-
-def _fail_job(engine: Engine, tables: Tables, job_id: int, error: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="failed", error=error, finished_at=utcnow())
-        )
 
 
 @app.task(name="scorebox.sweep")
