@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, select
 
@@ -35,19 +36,8 @@ def embedded(settings: Settings, directory: Path = DEMO_DIR) -> Settings:
         changes["redis_url"] = "filesystem://localhost/"
         changes["broker_folder"] = directory / "broker"
     if "service_url" not in settings.model_fields_set:
-        changes["service_url"] = f"http://127.0.0.1:{_port(3000)}"
+        changes["service_url"] = f"http://127.0.0.1:{free_port(3000)}"
     return settings.model_copy(update=changes)
-
-
-def _port(preferred: int) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -62,7 +52,7 @@ def stack(
     """The service and one worker as local processes; both are stopped when the block ends."""
     env = _env(settings)
     logs = directory.resolve()
-    port = int(settings.service_url.rsplit(":", 1)[1].split("/")[0])
+    port = urlsplit(settings.service_url).port
     step(f"starting the service on {settings.service_url} (log: {logs / 'service.log'})")
     with serving(env, logs / "service.log", port=port):
         step(f"starting a Celery worker (log: {logs / 'worker.log'})")
