@@ -28,6 +28,9 @@ app.add_typer(jobs_app, name="jobs")
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+# `scorebox score --wait` exits with how the job ended (README, "Score whole tables").
+EXIT_CODES = {"succeeded": 0, "succeeded_with_errors": 3}
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -49,7 +52,7 @@ def _friendly(command: Callable[P, R]) -> Callable[P, R]:
 
 def _ready_engine(settings: Settings) -> Engine:
     engine = make_engine(settings.database_url)
-    wait_for_database(engine)
+    wait_for_database(engine, waiting=lambda message: err.print(message, highlight=False))
     return engine
 
 
@@ -61,16 +64,16 @@ def db_upgrade() -> None:
     engine = make_engine(settings.database_url)
     if create_database_if_missing(engine):
         console.print(f"created database {engine.url.database}")
-    wait_for_database(engine)
-    upgrade(engine, settings.predictions_table)
+    wait_for_database(engine, waiting=lambda message: err.print(message, highlight=False))
+    if upgrade(engine, settings.predictions_table, settings.feature_table):
+        console.print(f"created predictions table {settings.predictions_table}")
     console.print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
 
 
-def _metrics(metrics: dict[str, float | None]) -> str:
-    """Holdout metrics on one line."""
-    return ", ".join(
-        f"{name} {'n/a' if value is None else f'{value:.4f}'}" for name, value in metrics.items()
-    )
+def _metrics(metrics: dict[str, float], undefined: dict[str, str] | None = None) -> str:
+    """Holdout metrics on one line; an undefined one says so."""
+    shown = [f"{name} {value:.4f}" for name, value in metrics.items()]
+    return ", ".join(shown + [f"{name} undefined" for name in undefined or {}])
 
 
 def _seed(settings: Settings, engine: Engine, rows: int | None) -> None:
@@ -129,9 +132,16 @@ def train(
         _seed(settings, engine, rows=None)
     with console.status("training") as status:
         result = run_training(settings, engine, step=lambda text: status.update(text))
-    console.print(f"registered [bold]{result.tag}[/] ({result.info.task}, {result.info.estimator})")
-    console.print(f"holdout: {_metrics(result.info.metrics)}")
-    for note, count in result.info.data_notes.items():
+    info = result.info
+    console.print(f"registered [bold]{result.tag}[/] ({info.task}, {info.estimator})")
+    used = ", ".join(f"{f.name} ({f.kind})" for f in info.features)
+    console.print(f"features: {used}", highlight=False)
+    for name, why in info.left_out.items():
+        console.print(f"left out: {name}: {why}", highlight=False)
+    console.print(f"holdout: {_metrics(info.metrics, info.metrics_undefined)}")
+    for name, why in info.metrics_undefined.items():
+        console.print(f"note: {name} is undefined: {why}", highlight=False)
+    for note, count in info.data_notes.items():
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
     console.print(f"report: {result.report}")
@@ -155,7 +165,7 @@ def _client(settings: Settings) -> Any:
     return ServiceClient.from_settings(settings)
 
 
-def _enqueuer(settings: Settings) -> Callable[[int, int], None]:
+def _enqueuer(settings: Settings) -> Callable[[int, int, str], None]:
     """Queue chunks on the broker of ``settings``; an unreachable broker is a clear error."""
     from kombu.exceptions import OperationalError
 
@@ -163,9 +173,9 @@ def _enqueuer(settings: Settings) -> Callable[[int, int], None]:
 
     send = chunk_sender(make_app(settings))
 
-    def enqueue(job_id: int, chunk_no: int) -> None:
+    def enqueue(job_id: int, chunk_no: int, queue: str) -> None:
         try:
-            send(job_id, chunk_no)
+            send(job_id, chunk_no, queue)
         except OperationalError as exc:
             raise ScoreboxError(
                 f"cannot reach the broker (SCOREBOX_REDIS_URL): {exc}; job {job_id} is recorded: "
@@ -188,8 +198,19 @@ def score(
         str, typer.Option(help="all: every row; new: rows without a prediction")
     ] = "all",
     wait: Annotated[bool, typer.Option(help="Follow the job with a progress bar")] = False,
+    max_failed_rows: Annotated[
+        str | None,
+        typer.Option(
+            help="Fail the job once more rows than this failed: a count (100), a fraction "
+            "(0.01) or a percentage (1%) [default: no limit]"
+        ),
+    ] = None,
 ) -> None:
-    """Queue a batch-scoring job and print its id (the worker does the scoring)."""
+    """Queue a batch-scoring job and print its id (the worker does the scoring).
+
+    With --wait the exit status tells how the job ended: 0 every row scored, 3 finished but some
+    rows failed (see `scorebox jobs show ID`), 1 the job failed or was cancelled.
+    """
     from worker.jobs import submit_job
 
     settings = get_settings()
@@ -202,10 +223,11 @@ def score(
         table=table,
         model_tag=model,
         mode=mode,
+        max_failed_rows=max_failed_rows,
     )
     console.print(f"job {job_id} queued")
-    if wait and _watch(engine, settings, job_id)["status"] != "succeeded":
-        raise typer.Exit(1)
+    if wait:
+        raise typer.Exit(EXIT_CODES.get(_watch(engine, settings, job_id)["status"], 1))
 
 
 def _watch(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
@@ -334,7 +356,7 @@ def demo(
             job_id = submit_job(engine, settings, client, _enqueuer(settings))
             step(f"job {job_id} queued")
             job = _watch(engine, settings, job_id)
-            record = _first_record(engine, settings, trained.info.feature_names)
+            record = flow.first_record(engine, settings, trained.info.feature_names)
             sample = flow.sample_predictions(engine, settings, trained.tag)
             _summary(engine, settings, trained, job, sample)
             curl = flow.curl_command(settings, trained.info.feature_names, record)
@@ -347,21 +369,8 @@ def demo(
     except KeyboardInterrupt:
         console.print("stopped; every process the demo started is gone")
     engine.dispose()
-    if job is None or job["status"] != "succeeded":
+    if job is None or job["status"] not in EXIT_CODES:
         raise typer.Exit(1)
-
-
-def _first_record(engine: Engine, settings: Settings, features: list[str]) -> dict[str, float]:
-    from sqlalchemy import select
-
-    from scorebox.db import reflect_table
-
-    with engine.connect() as conn:
-        table = reflect_table(conn, settings.feature_table)
-        row = conn.execute(
-            select(*(table.c[f] for f in features)).order_by(table.c[settings.id_column]).limit(1)
-        ).one()
-    return {f: float(v) for f, v in zip(features, row, strict=True)}
 
 
 def _summary(

@@ -17,8 +17,10 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, select
 
-from scorebox.db import build_metadata, make_engine, predictions_table
+from scorebox.db import Tables, make_engine, reflect
+from scorebox.encoding import json_value
 from scorebox.migrate import create_database_if_missing, upgrade, wait_for_database
+from scorebox.names import resolve_table
 from scorebox.processes import free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings, settings_env
@@ -69,7 +71,7 @@ def prepare(settings: Settings, step: Callable[[str], None]) -> tuple[Engine, An
     create_database_if_missing(engine)
     wait_for_database(engine)
     step("migrating the schema")
-    upgrade(engine, settings.predictions_table)
+    upgrade(engine, settings.predictions_table, settings.feature_table)
     step(f"seeding {settings.feature_table} with the example data")
     with engine.begin() as conn:
         seed(
@@ -86,9 +88,7 @@ def sample_predictions(
     engine: Engine, settings: Settings, tag: str, n: int = 5
 ) -> list[dict[str, Any]]:
     """A few of the predictions the job wrote."""
-    table = predictions_table(
-        build_metadata(settings.predictions_table), settings.predictions_table
-    )
+    table = Tables.build(settings.predictions_table).predictions
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -104,7 +104,17 @@ def sample_predictions(
         return [dict(r) for r in rows]
 
 
-def curl_command(settings: Settings, features: list[str], record: dict[str, float]) -> str:
+def first_record(engine: Engine, settings: Settings, features: list[str]) -> dict[str, Any]:
+    """The table's first row's features, as JSON would carry them to /predict."""
+    with engine.connect() as conn:
+        table = reflect(conn, resolve_table(conn, settings.feature_table, "SCOREBOX_FEATURE_TABLE"))
+        row = conn.execute(
+            select(*(table.c[f] for f in features)).order_by(table.c[settings.id_column]).limit(1)
+        ).one()
+    return {f: json_value(v) for f, v in zip(features, row, strict=True)}
+
+
+def curl_command(settings: Settings, features: list[str], record: dict[str, Any]) -> str:
     """A curl call of /predict with a real record that works against the demo's service."""
     body = json.dumps({"records": [{f: record[f] for f in features}]})
     auth = " -H 'Authorization: Bearer $SCOREBOX_API_TOKEN'" if settings.api_token else ""

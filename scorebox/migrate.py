@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
+from scorebox.db import Tables
 from scorebox.errors import ConfigError
+from scorebox.names import parse_table
 
 VERSION_TABLE = "scorebox_alembic_version"
 _SCRIPTS = Path(__file__).with_name("migrations")
@@ -21,22 +25,45 @@ _SCRIPTS = Path(__file__).with_name("migrations")
 log = logging.getLogger(__name__)
 
 
-def wait_for_database(engine: Engine, timeout: float = 30.0, interval: float = 1.0) -> None:
-    """Return once the database answers, or raise ConfigError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+# Worth waiting for: a server that is starting (or restarting) up.
+_STARTING = ("the database system is starting up", "the database system is shutting down")
+_REFUSED = "Connection refused"
+
+
+def wait_for_database(
+    engine: Engine,
+    timeout: float = 30.0,
+    interval: float = 0.5,
+    refused_timeout: float = 3.0,
+    waiting: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Return once the database answers. A server that is starting is waited for up to
+    ``timeout`` seconds (``waiting`` hears of it once); a refused connection (wrong port, or a
+    server not up yet) up to ``refused_timeout``; anything else (wrong database, role, password
+    or host) is a ConfigError at once."""
+    start = time.monotonic()
+    told = False
     while True:
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return
         except OperationalError as exc:
-            if time.monotonic() >= deadline:
-                url = engine.url.render_as_string(hide_password=True)
-                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = reason.removeprefix("connection failed: ")
+            waited = time.monotonic() - start
+            starting = any(s in str(exc.orig) for s in _STARTING)
+            refused = _REFUSED in str(exc.orig)
+            limit = timeout if starting else refused_timeout if refused else 0.0
+            url = engine.url.render_as_string(hide_password=True)
+            if waited >= limit:
                 raise ConfigError(
                     f"cannot reach the database at {url} (SCOREBOX_DATABASE_URL): {reason}"
                 ) from None
-            log.info("database not ready, retrying", extra={"url": str(engine.url)})
+            if not told:
+                waiting(f"waiting for the database at {url} ({reason})")
+                told = True
+            log.info("database not ready, retrying", extra={"url": url})
             time.sleep(interval)
 
 
@@ -62,19 +89,43 @@ def create_database_if_missing(engine: Engine) -> bool:
         admin.dispose()
 
 
-def _config(engine: Engine, predictions_table: str) -> Config:
+def _config(predictions_table: str, feature_table: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_SCRIPTS))
     config.attributes["predictions_table"] = predictions_table
+    config.attributes["feature_table"] = feature_table
     return config
 
 
-def upgrade(engine: Engine, predictions_table: str, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (default: the newest)."""
-    config = _config(engine, predictions_table)
+def _check_schema(conn: Connection, predictions_table: str) -> None:
+    schema = parse_table(predictions_table).schema
+    if schema is not None and schema not in inspect(conn).get_schema_names():
+        raise ConfigError(
+            f"schema {schema!r} of SCOREBOX_PREDICTIONS_TABLE={predictions_table!r} does not "
+            f'exist; create it (CREATE SCHEMA "{schema}") or name a table in another schema'
+        )
+
+
+def upgrade(
+    engine: Engine, predictions_table: str, feature_table: str = "features", revision: str = "head"
+) -> bool:
+    """Bring the schema to ``revision`` (default: the newest), then make sure the predictions
+    table the settings name exists (a renamed one is created with the newest layout). Returns
+    True when that table was created by this call."""
+    config = _config(predictions_table, feature_table)
     with engine.begin() as conn:
+        _check_schema(conn, predictions_table)
+        name = parse_table(predictions_table)
+        existed = inspect(conn).has_table(name.name, schema=name.schema)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        if revision != "head":
+            return False
+        predictions = Tables.build(predictions_table).predictions
+        if not inspect(conn).has_table(name.name, schema=name.schema):
+            predictions.create(conn)
+            log.info("created predictions table %s", predictions_table)
+    return not existed
 
 
 def current_revision(engine: Engine) -> str | None:

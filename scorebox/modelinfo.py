@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from scorebox.errors import ModelError
+from scorebox.features import Feature
 
-FORMAT = 1
+# 2: features carry their kind and categories; the pipeline starts with FrameEncoder.
+FORMAT = 2
 # The file bentoml.sklearn.save_model writes the pickled pipeline to.
 ARTIFACT = "saved_model.pkl"
 
@@ -23,9 +25,9 @@ class ModelInfo:
     feature_table: str
     id_column: str
     target_column: str
-    features: dict[str, str]
+    features: list[Feature]
     classes: list[Any]
-    metrics: dict[str, float | None]
+    metrics: dict[str, float]
     training_rows: int
     holdout_rows: int
     fingerprint: str
@@ -33,29 +35,38 @@ class ModelInfo:
     estimator: str
     versions: dict[str, str]
     data_notes: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    metrics_undefined: dict[str, str] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_names(self) -> list[str]:
         """Feature names in the order the model expects them."""
-        return list(self.features)
+        return [f.name for f in self.features]
 
     def to_metadata(self) -> dict[str, Any]:
         """The BentoML metadata dict (features as an ordered list, since YAML maps may reorder)."""
         data = asdict(self)
-        data["features"] = [{"name": n, "dtype": t} for n, t in self.features.items()]
+        data["features"] = [f.to_dict() for f in self.features]
         data["scorebox_format"] = FORMAT
         return data
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], tag: str) -> ModelInfo:
         """Read the metadata of model ``tag``; a model not trained by scorebox is refused."""
-        if metadata.get("scorebox_format") != FORMAT:
+        found = metadata.get("scorebox_format")
+        if found is None:
             raise ModelError(
                 f"model {tag} was not trained by `scorebox train` (no scorebox metadata); "
                 "retrain it with scorebox"
             )
+        if found != FORMAT:
+            raise ModelError(
+                f"model {tag} was trained by an older scorebox (metadata format {found}, this "
+                f"version reads {FORMAT}); retrain it with `scorebox train`"
+            )
         data = {k: v for k, v in metadata.items() if k != "scorebox_format"}
-        data["features"] = {f["name"]: f["dtype"] for f in data["features"]}
+        data["features"] = [Feature.from_dict(f) for f in data["features"]]
         try:
             return cls(**data)
         except TypeError as exc:

@@ -22,8 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from scorebox.db import split_name
 from scorebox.errors import DataError
+from scorebox.names import parse_table
 from scorebox.pgcopy import copy_columns
 
 _BATCH_ROWS = 100_000
@@ -68,14 +68,14 @@ def synthetic_batches(rows: int, random_state: int = 0) -> Iterator[pd.DataFrame
 
 
 def _table(name: str, features: list[str], id_column: str, target_column: str) -> Table:
-    schema, table = split_name(name)
+    parsed = parse_table(name)
     return Table(
-        table,
+        parsed.name,
         MetaData(),
         Column(id_column, BigInteger, primary_key=True, autoincrement=False),
         *(Column(feature, Double, nullable=True) for feature in features),
         Column(target_column, Integer, nullable=True),
-        schema=schema,
+        schema=parsed.schema,
     )
 
 
@@ -102,7 +102,8 @@ def seed(
     first = _rename(next(batches), id_column, target_column)
     features = [c for c in first.columns if c not in (id_column, target_column)]
     table = _table(table_name, features, id_column, target_column)
-    schema, bare = split_name(table_name)
+    parsed = parse_table(table_name)
+    schema, bare = parsed.schema, parsed.name
 
     if inspect(conn).has_table(bare, schema=schema):
         existing = {c["name"] for c in inspect(conn).get_columns(bare, schema=schema)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -11,12 +12,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from scorebox.errors import ConfigError
+from scorebox.names import check_name, parse_table
 
 ENV_PREFIX = "SCOREBOX_"
-
-# A plain SQL identifier, optionally schema-qualified; anything else is refused outright
-# rather than quoted, so a name like `x; DROP TABLE y` never reaches the database.
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 Task = Literal["classification", "regression"]
 Estimator = Literal[
@@ -26,17 +24,6 @@ Estimator = Literal[
     "ridge",
     "linear_regression",
 ]
-
-
-def check_identifier(value: str, what: str) -> str:
-    """Return ``value`` if it is a valid (optionally schema-qualified) SQL identifier."""
-    parts = value.split(".")
-    if len(parts) > 2 or not all(_IDENTIFIER.match(part) for part in parts):
-        raise ValueError(
-            f"{what} {value!r} is not a valid SQL identifier "
-            "(letters, digits and _, not starting with a digit, optionally schema.name)"
-        )
-    return value
 
 
 class Settings(BaseSettings):
@@ -64,6 +51,7 @@ class Settings(BaseSettings):
     service_workers: Annotated[int, Field(ge=1, le=64)] | Literal["cpu_count"] = "cpu_count"
     service_max_records: int = Field(10_000, ge=1)
     service_max_body_bytes: int = Field(64 * 2**20, ge=1024)
+    service_max_rows: int = Field(100_000, ge=1)
     service_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(10_000, ge=1, le=1_000_000)
     chunk_lease_seconds: float = Field(300.0, gt=0)
@@ -72,23 +60,24 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(3600, ge=1)
     schedule_cron: str | None = None
     broker_folder: Path | None = None
+    queue: str | None = None
+    max_categories: int = Field(250, ge=2, le=254)
 
     @field_validator("feature_table", "predictions_table")
     @classmethod
     def _table_name(cls, value: str) -> str:
-        return check_identifier(value, "table name")
+        parse_table(value)
+        return value
 
     @field_validator("id_column", "target_column")
     @classmethod
     def _column_name(cls, value: str) -> str:
-        if "." in value:
-            raise ValueError(f"column name {value!r} must not contain a dot")
-        return check_identifier(value, "column name")
+        return check_name(value, "column name")
 
     @field_validator("model_name")
     @classmethod
     def _model_name(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,62}$", value):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", value):
             raise ValueError(
                 f"model name {value!r} must be lower-case letters, digits, '_', '-' or '.'"
             )
@@ -97,10 +86,16 @@ class Settings(BaseSettings):
     @field_validator("feature_columns", mode="before")
     @classmethod
     def _split_columns(cls, value: Any) -> Any:
-        if isinstance(value, str):
+        # A JSON list names columns that contain commas; otherwise names are comma-separated.
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of column names: {exc}") from None
+        elif isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
-            if not value:
-                return None
+        if isinstance(value, list) and not value:
+            return None
         return value
 
     @field_validator("feature_columns")
@@ -108,9 +103,7 @@ class Settings(BaseSettings):
     def _feature_names(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
             for name in value:
-                if "." in name:
-                    raise ValueError(f"column name {name!r} must not contain a dot")
-                check_identifier(name, "column name")
+                check_name(name, "column name")
             if len(set(value)) != len(value):
                 raise ValueError("a column is listed twice")
         return value
@@ -126,6 +119,19 @@ class Settings(BaseSettings):
     def _cron(cls, value: str | None) -> str | None:
         if value and len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
+        return value or None
+
+    @property
+    def queue_name(self) -> str:
+        """The Celery queue of this deployment's chunk tasks (SCOREBOX_QUEUE, default derived
+        from the model name, so deployments sharing a Redis never take each other's work)."""
+        return self.queue or f"scorebox.{self.model_name}"
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", value):
+            raise ValueError(f"queue name {value!r}: use letters, digits, '_', '.', ':' or '-'")
         return value or None
 
     @model_validator(mode="after")

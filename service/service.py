@@ -1,41 +1,45 @@
 """The BentoML service, served by `bentoml serve .` (see bentofile.yaml).
 
-The model is chosen by SCOREBOX_MODEL_NAME and SCOREBOX_MODEL_TAG (default ``latest``) and its
-metadata shapes the request schema, so the OpenAPI page shows the real feature names.
+The model is chosen by SCOREBOX_MODEL_NAME and SCOREBOX_MODEL_TAG (default ``latest``); its
+metadata shapes the request schema, so the OpenAPI document shows the real feature names. The
+routes are a Starlette app (service/routes.py) mounted at the root; BentoML runs the worker
+processes and serves ``/livez``, ``/readyz`` and ``/metrics``.
+
+Stop it with SIGTERM (or SIGINT): the workers finish the requests in flight and exit. A worker
+also exits when the `bentoml serve` process dies, even by SIGKILL, so none is left on the port.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ctypes
 import logging
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, NotFound
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from bentoml.exceptions import NotFound
 from threadpoolctl import threadpool_limits
 
 from scorebox.errors import ModelError
 from scorebox.modelinfo import ModelInfo, verify_artifact
 from scorebox.settings import get_settings
+from service import http
 from service.auth import BearerAuth
 from service.batching import Coalescer
 from service.limits import BodyLimit
-from service.predict import ARROW_MEDIA_TYPE, InvalidBatch, Predictor
-from service.schema import ModelDescription, PredictResponse, predict_input_model, record_model
+from service.predict import Predictor
+from service.routes import app as routes
 
 log = logging.getLogger(__name__)
 
+http.install()
 settings = get_settings()
 MODEL_TAG = f"{settings.model_name}:{settings.model_tag}"
-# The file bentoml.sklearn.save_model writes the pipeline to.
-ARTIFACT = "saved_model.pkl"
+# Values per batch the service will hold at once: rows x features, about 80 MB of floats.
+MAX_CELLS = 10_000_000
 
 
 def _stored_model(tag: str) -> bentoml.Model:
@@ -48,70 +52,42 @@ def _stored_model(tag: str) -> bentoml.Model:
         ) from None
 
 
-_STORED = _stored_model(MODEL_TAG)
-INFO = ModelInfo.from_metadata(_STORED.info.metadata, str(_STORED.tag))
-PredictInput = predict_input_model(record_model(INFO))
-
-rows_predicted = bentoml.metrics.Counter(
-    name="scorebox_rows_predicted",
-    documentation="Rows scored by the model, by endpoint",
-    labelnames=["endpoint"],
-)
-rows_rejected = bentoml.metrics.Counter(
-    name="scorebox_rows_rejected",
-    documentation="Rows refused for their values (batch endpoint)",
-    labelnames=["endpoint"],
-)
-
-
-class TooManyRecords(BentoMLException):
-    """More records in one request than SCOREBOX_SERVICE_MAX_RECORDS allows."""
-
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-async def _describe(request: Request) -> Response:
-    service = bentoml.get_current_service()
-    return JSONResponse(service.describe().model_dump())
-
-
-async def _predict_arrow(request: Request) -> Response:
-    service = bentoml.get_current_service()
-    body = await request.body()
-    loop = asyncio.get_running_loop()
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the `bentoml serve` process that started it dies
+    (even by SIGKILL), so no orphan keeps answering on the port with an old model."""
+    parent = os.getppid()
     try:
-        payload = await loop.run_in_executor(service.scoring, service.predictor.predict_arrow, body)
-    except InvalidBatch as exc:
-        return JSONResponse({"error": str(exc)}, status_code=422)
-    return Response(
-        payload, media_type=ARROW_MEDIA_TYPE, headers={"X-Scorebox-Model": service.predictor.tag}
-    )
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        log.warning("cannot tie this worker's life to its parent (not Linux?)")
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
-extra_routes = Starlette(
-    routes=[
-        Route("/model", _describe, methods=["GET"]),
-        Route("/predict/arrow", _predict_arrow, methods=["POST"]),
-    ]
-)
+# Checked when the module loads (in `bentoml serve` itself, before any worker starts), so a
+# missing model is one clear line rather than BentoML's attempt to pull it from its cloud.
+_stored_model(MODEL_TAG)
 
 
-@bentoml.asgi_app(extra_routes, path="/v1")
-@bentoml.service(
-    name="scorebox",
-    workers=settings.service_workers,
-    traffic={"timeout": 60},
-)
+@bentoml.asgi_app(routes, path="/")
+@bentoml.service(name="scorebox", workers=settings.service_workers, traffic={"timeout": 60})
 class Scorebox:
     """Predictions from the registered scorebox model."""
 
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
+        _die_with_parent()
         model = self.model_ref
-        verify_artifact(Path(model.path), INFO, str(model.tag))
-        self.predictor = Predictor(bentoml.sklearn.load_model(model), INFO, str(model.tag))
+        stored = _stored_model(str(model.tag))
+        info = ModelInfo.from_metadata(stored.info.metadata, str(model.tag))
+        verify_artifact(Path(model.path), info, str(model.tag))
+        self.predictor = Predictor(bentoml.sklearn.load_model(model), info, str(model.tag))
         self.max_records = settings.service_max_records
+        self.max_rows = max(1, min(settings.service_max_rows, MAX_CELLS // len(info.features)))
+        self.auth = settings.api_token is not None
         # Every model call runs on this one thread, whose OpenMP/BLAS pools are limited to one
         # thread (OpenMP's limit is per calling thread): with SCOREBOX_SERVICE_WORKERS processes,
         # more would fight over the cores (seen here: 2 workers fell from ~650 to 62 req/s).
@@ -122,37 +98,26 @@ class Scorebox:
             initargs=(1,),
         )
         self.coalesce = Coalescer(
-            self.predictor.predict_matrix, max_rows=self.max_records, executor=self.scoring
+            self.predictor.answers, max_rows=self.max_records, executor=self.scoring
         )
         log.info("serving %s", model.tag)
 
-    def describe(self) -> ModelDescription:
-        """The served model's tag, features, task, metrics and training fingerprint."""
-        return ModelDescription(
-            tag=self.predictor.tag,
-            task=INFO.task,
-            features=INFO.features,
-            classes=INFO.classes,
-            metrics=INFO.metrics,
-            training_rows=INFO.training_rows,
-            fingerprint=INFO.fingerprint,
-            artifact_sha256=INFO.artifact_sha256,
-            estimator=INFO.estimator,
-        )
-
-    @bentoml.api(route="/predict", input_spec=PredictInput)  # type: ignore[untyped-decorator]
-    async def predict(self, records: list[Any]) -> PredictResponse:
-        """Predict one record or a list of records."""
-        rows = records
-        if len(rows) > self.max_records:
-            raise TooManyRecords(
-                f"{len(rows)} records in one request; the limit is {self.max_records} "
-                "(SCOREBOX_SERVICE_MAX_RECORDS): split the request or use /v1/predict/arrow"
-            )
-        matrix = self.predictor.matrix([row.model_dump() for row in rows])
-        predictions = await self.coalesce(matrix)
-        rows_predicted.labels(endpoint="predict").inc(len(rows))
-        return PredictResponse(model=self.predictor.tag, predictions=predictions)  # type: ignore[arg-type]
+    def describe(self) -> dict[str, Any]:
+        """The served model's tag, task, features, classes, metrics and training fingerprint."""
+        info = self.predictor.info
+        return {
+            "tag": self.predictor.tag,
+            "task": info.task,
+            "features": [f.to_dict() for f in info.features],
+            "classes": info.classes,
+            "metrics": info.metrics,
+            "metrics_undefined": info.metrics_undefined,
+            "training_rows": info.training_rows,
+            "fingerprint": info.fingerprint,
+            "artifact_sha256": info.artifact_sha256,
+            "estimator": info.estimator,
+            "left_out": info.left_out,
+        }
 
 
 # Added first, so it runs inside auth: an unauthenticated client learns nothing about limits.

@@ -166,7 +166,7 @@ def scoring(
 
 
 @pytest.fixture
-def enqueue(scoring: Settings) -> Iterator[Callable[[int, int], None]]:
+def enqueue(scoring: Settings) -> Iterator[Callable[[int, int, str], None]]:
     """Queue chunks on this run's Redis database, as the CLI does."""
     app = make_app(scoring)
     yield chunk_sender(app)

@@ -37,7 +37,10 @@ def wait_for(
 
 
 def predictions(engine: Engine) -> pd.DataFrame:
-    return pd.read_sql(text("SELECT * FROM predictions ORDER BY row_id"), engine)
+    """The predictions table, for tables keyed by integers (row_id back as int, in id order)."""
+    frame = pd.read_sql(text("SELECT * FROM predictions"), engine)
+    frame["row_id"] = frame["row_id"].astype("int64")
+    return frame.sort_values("row_id", ignore_index=True)
 
 
 def expected_from_model(settings: Settings, trained: TrainedModel) -> pd.DataFrame:

@@ -115,12 +115,12 @@ def test_redis_restarted_mid_job_loses_no_row(
     )
     env = env_for(settings, SCOREBOX_CHUNK_LEASE_SECONDS="3", SCOREBOX_SWEEP_SECONDS="1")
     app, enqueue = _sender(settings)
-    with _redis(port, tmp_path / "redis.log"), working(env, tmp_path / "worker.log", beat=True):
+    with _redis(port, tmp_path / "redis.log"), working(env, tmp_path / "worker.log"):
         job_id = submit_job(engine, settings, client, enqueue)
         _progress(engine, settings, job_id, 5_000)
     # The worker is gone and Redis with it; the job is half done.
     assert get_job(engine, settings, job_id)["status"] == "running"
-    with _redis(port, tmp_path / "redis.log"), working(env, tmp_path / "worker2.log", beat=True):
+    with _redis(port, tmp_path / "redis.log"), working(env, tmp_path / "worker2.log"):
         job = wait_for(engine, settings, job_id, timeout=240)
     app.close()
     assert job["status"] == "succeeded", job

@@ -1,10 +1,11 @@
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
-from scorebox.db import JOBS_TABLE, make_engine
+from scorebox.db import CHUNKS_TABLE, JOBS_TABLE, make_engine
 from scorebox.errors import ConfigError
 from scorebox.migrate import (
     create_database_if_missing,
@@ -24,7 +25,68 @@ def test_upgrade_from_empty_creates_tables_at_head(settings: Settings, engine: E
     tables = set(inspect(engine).get_table_names())
     assert {settings.predictions_table, JOBS_TABLE} <= tables
     primary_key = inspect(engine).get_pk_constraint(settings.predictions_table)
-    assert primary_key["constrained_columns"] == ["row_id", "model_tag"]
+    assert primary_key["constrained_columns"] == ["source_table", "model_tag", "row_id"]
+
+
+def _old_rows(engine: Engine) -> None:
+    """Two jobs' predictions written by scorebox before 0003: integer ids, no source table."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE features (id bigint PRIMARY KEY)"))
+        conn.execute(
+            text(
+                f"INSERT INTO {JOBS_TABLE} (id, table_name, model_tag, mode, status) VALUES "
+                "(1, 'features', 'm:1', 'all', 'succeeded'), (2, 'gone', 'm:1', 'all', 'failed')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO predictions (row_id, model_tag, predicted_label, job_id) VALUES "
+                "(1, 'm:1', 'a', 1), (2, 'm:1', 'b', 1), (1, 'm:2', 'c', 2), (3, 'm:1', 'd', NULL)"
+            )
+        )
+        conn.execute(
+            text(f"INSERT INTO {CHUNKS_TABLE} (job_id, chunk_no, id_lo, id_hi) VALUES (1, 0, 1, 2)")
+        )
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_upgrade_from_0002_keeps_every_prediction(
+    backend: str, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "predictions", revision="0002")
+    _old_rows(engine)
+    upgrade(engine, "predictions")
+    assert current_revision(engine) == head_revision()
+    schema = "" if backend == "sqlite" else f"{inspect(engine).default_schema_name}."
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT source_table, model_tag, row_id, predicted_label FROM predictions")
+        ).all()
+        chunk = conn.execute(text(f"SELECT id_lo, id_hi FROM {CHUNKS_TABLE}")).one()
+        tables = dict(conn.execute(text(f"SELECT id, table_name FROM {JOBS_TABLE}")).all())
+    assert sorted(rows) == sorted(
+        [
+            (f"{schema}features", "m:1", "1", "a"),
+            (f"{schema}features", "m:1", "2", "b"),
+            ("gone", "m:2", "1", "c"),
+            (f"{schema}features", "m:1", "3", "d"),
+        ]
+    )
+    assert tuple(chunk) == ("1", "2")
+    assert tables == {1: f"{schema}features", 2: "gone"}
+    if backend == "sqlite":
+        engine.dispose()
+
+
+def test_renamed_predictions_table_is_created_and_a_missing_schema_named(engine: Engine) -> None:
+    upgrade(engine, "predictions")
+    assert upgrade(engine, "scores_v2") is True
+    assert "scores_v2" in inspect(engine).get_table_names()
+    assert upgrade(engine, "scores_v2") is False
+    with pytest.raises(ConfigError, match=r"schema 'ml' of SCOREBOX_PREDICTIONS_TABLE='ml\.preds'"):
+        upgrade(engine, "ml.preds")
 
 
 def test_upgrade_twice_changes_nothing(settings: Settings, engine: Engine) -> None:

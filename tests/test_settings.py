@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from scorebox.errors import ConfigError
+from scorebox.names import TableName, parse_table
 from scorebox.settings import load_settings
 
 
@@ -30,11 +31,17 @@ def test_empty_values_mean_unset() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "variable"),
     [
-        ("feature_table", "x; DROP TABLE y", "SCOREBOX_FEATURE_TABLE"),
+        ("feature_table", "features\n", "SCOREBOX_FEATURE_TABLE"),
+        ("feature_table", '"unclosed', "SCOREBOX_FEATURE_TABLE"),
+        ("feature_table", "x" * 64, "SCOREBOX_FEATURE_TABLE"),
         ("predictions_table", "a.b.c", "SCOREBOX_PREDICTIONS_TABLE"),
-        ("id_column", "1st", "SCOREBOX_ID_COLUMN"),
-        ("feature_columns", "ok,bad column", "SCOREBOX_FEATURE_COLUMNS"),
+        ("id_column", "id\x00", "SCOREBOX_ID_COLUMN"),
+        ("id_column", " ", "SCOREBOX_ID_COLUMN"),
+        ("feature_columns", "ok,bad\tcolumn", "SCOREBOX_FEATURE_COLUMNS"),
         ("feature_columns", "a,a", "SCOREBOX_FEATURE_COLUMNS"),
+        ("feature_columns", '["a", ', "SCOREBOX_FEATURE_COLUMNS"),
+        ("model_name", "scorebox\n", "SCOREBOX_MODEL_NAME"),
+        ("queue", "a queue", "SCOREBOX_QUEUE"),
         ("task", "clustering", "SCOREBOX_TASK"),
         ("estimator", "xgboost", "SCOREBOX_ESTIMATOR"),
         ("database_url", "mysql://x", "SCOREBOX_DATABASE_URL"),
@@ -49,10 +56,25 @@ def test_invalid_setting_names_its_variable(field: str, value: str, variable: st
         load_settings(**{field: value})
 
 
+def test_any_name_the_database_could_hold_is_accepted_as_written() -> None:
+    settings = load_settings(
+        feature_table='ml."Clinic Visits"',
+        id_column="Visit ID",
+        feature_columns='["größe", "a,b", "x; DROP TABLE y"]',
+    )
+    assert settings.feature_table == 'ml."Clinic Visits"'
+    assert settings.feature_columns == ["größe", "a,b", "x; DROP TABLE y"]
+    assert parse_table('ml."Clinic Visits"') == TableName("ml", "Clinic Visits")
+    assert parse_table('"my.table"') == TableName(None, "my.table")
+    assert parse_table('a."b""c"') == TableName("a", 'b"c')
+    assert str(TableName("ml", "my.table")) == 'ml."my.table"'
+    assert load_settings(model_name="churn").queue_name == "scorebox.churn"
+
+
 def test_cli_reports_invalid_setting_without_traceback() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "scorebox", "train"],
-        env={"SCOREBOX_FEATURE_TABLE": "x; DROP TABLE y", "PATH": ""},
+        env={"SCOREBOX_FEATURE_TABLE": "features\n", "PATH": ""},
         capture_output=True,
         text=True,
         timeout=60,

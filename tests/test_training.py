@@ -54,7 +54,8 @@ def test_training_registers_model_with_metadata_and_true_metrics(
     frame = _load_table(settings, "SELECT * FROM features ORDER BY id")
     expected_features = [c for c in frame.columns if c not in ("id", "target")]
     assert info.feature_names == expected_features
-    assert set(info.features.values()) == {"float"}
+    assert {f.kind for f in info.features} == {"number"}
+    assert info.left_out == {}
     assert info.training_rows + info.holdout_rows == 569
     assert set(info.versions) >= {"scikit-learn", "bentoml", "pandas"}
 
@@ -139,9 +140,13 @@ def test_null_targets_are_dropped_and_null_features_imputed(
     result = train(settings, engine)
     assert result.info.data_notes == {
         "rows_dropped_null_target": 7,
+        "rows_dropped_infinite_feature": 0,
         "rows_with_null_features_imputed": 13,
     }
     assert result.info.training_rows + result.info.holdout_rows == 569 - 7
+
+
+TWENTY = "SELECT g, g::float, g % 2 FROM generate_series(1, 20) g"
 
 
 @pytest.mark.parametrize(
@@ -150,16 +155,16 @@ def test_null_targets_are_dropped_and_null_features_imputed(
         ("", {}, "does not exist"),
         ("CREATE TABLE features (id int, x float, target int)", {}, "no rows"),
         (
-            "CREATE TABLE features (id int, x float, note text, target int);"
-            "INSERT INTO features VALUES (1, 1.0, 'a', 0), (2, 2.0, 'b', 1)",
-            {"feature_columns": "x,note"},
-            "'note' has type TEXT, which is not numeric",
+            "CREATE TABLE features (id int, x float, doc json, target int);"
+            f"INSERT INTO features (id, x, target) {TWENTY}",
+            {"feature_columns": "x,doc"},
+            "'doc': JSON values are not a supported feature type",
         ),
         (
-            "CREATE TABLE features (id int, x float, y float, target int);"
-            "INSERT INTO features VALUES (1, 1.0, NULL, 0), (2, 2.0, NULL, 1)",
-            {},
-            "y are NULL in every row",
+            "CREATE TABLE features (id int, x float, target int, y float);"
+            f"INSERT INTO features (id, x, target) {TWENTY}",
+            {"feature_columns": "x,y"},
+            "'y' is NULL in every row",
         ),
         (
             "CREATE TABLE features (id int, x float, target int);"
@@ -169,22 +174,47 @@ def test_null_targets_are_dropped_and_null_features_imputed(
         ),
         (
             "CREATE TABLE features (id int, x float, target int);"
-            "INSERT INTO features VALUES (1, 1.0, 1), (2, 2.0, 1)",
+            "INSERT INTO features SELECT g, g, 1 FROM generate_series(1, 20) g",
             {},
             "single class",
+        ),
+        (
+            "CREATE TABLE features (id int, x float, target int);"
+            "INSERT INTO features VALUES (1, 1.0, 0), (2, 2.0, 1)",
+            {},
+            "has 2 usable row\\(s\\); at least 10",
         ),
         (
             "CREATE TABLE features (id int, x float, label int)",
             {},
             "column 'target' \\(SCOREBOX_TARGET_COLUMN\\) is not in table",
         ),
-        ("CREATE TABLE features (id text, x float, target int)", {}, "must be an integer"),
-        ("CREATE TABLE features (id int, name text, target int)", {}, "no numeric feature"),
         (
-            "CREATE TABLE features (id int, x float, target int);"
-            "INSERT INTO features VALUES (1, 1.0, 0), (2, 2.0, 1)",
+            "CREATE TABLE features (id float, x float, target int)",
+            {},
+            "an id must be an integer, text or UUID column",
+        ),
+        (
+            "CREATE TABLE features (id int, doc json, target int);"
+            "INSERT INTO features (id, target) SELECT g, g % 2 FROM generate_series(1, 20) g",
+            {},
+            "no usable feature columns .*doc: JSON",
+        ),
+        (
+            f"CREATE TABLE features (id int, x float, target int); INSERT INTO features {TWENTY}",
             {"feature_columns": "x,missing"},
             "'missing' \\(SCOREBOX_FEATURE_COLUMNS\\)",
+        ),
+        (
+            'CREATE TABLE "Features" (id int, x float, target int)',
+            {},
+            "table 'features' \\(SCOREBOX_FEATURE_TABLE\\) does not exist in the database; "
+            "did you mean 'Features'\\? Names are case-sensitive",
+        ),
+        (
+            "CREATE TABLE features (id int, x float, target int)",
+            {"feature_table": "ml.features"},
+            "schema 'ml' \\(SCOREBOX_FEATURE_TABLE\\) does not exist",
         ),
     ],
 )
@@ -232,5 +262,5 @@ def test_cli_error_for_missing_table_has_no_traceback(env: dict[str, str]) -> No
         timeout=120,
     )
     assert done.returncode == 1
-    assert "table 'nowhere' does not exist" in done.stderr
+    assert "table 'nowhere' (SCOREBOX_FEATURE_TABLE) does not exist" in done.stderr
     assert "Traceback" not in done.stderr

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, text
 
+from scorebox.db import Tables
 from scorebox.processes import BIN, free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
@@ -26,9 +27,10 @@ from tests.scoring import (
     wait_for,
 )
 from worker.celery_app import chunk_sender, make_app
-from worker.chunks import claim, read_rows, run_chunk, write
+from worker.chunks import claim, predictions_of, run_chunk, write
 from worker.client import ServiceClient
-from worker.jobs import Tables, cancel_job, get_job, resume_job, submit_job
+from worker.jobs import cancel_job, get_job, resume_job, submit_job
+from worker.reading import read_rows
 
 
 def test_job_scores_every_row_like_the_model_itself(
@@ -62,15 +64,17 @@ def test_new_mode_scores_only_rows_without_a_prediction(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
-    enqueue: Callable[[int, int], None],
+    enqueue: Callable[[int, int, str], None],
     tmp_path: Path,
 ) -> None:
     with working(env_for(scoring), tmp_path / "worker.log"):
         first = submit_job(engine, scoring, client, enqueue)
         assert wait_for(engine, scoring, first)["status"] == "succeeded"
         with engine.begin() as conn:
-            conn.execute(text("DELETE FROM predictions WHERE row_id % 10 = 0"))
-            before = dict(conn.execute(text("SELECT row_id, scored_at FROM predictions")).all())
+            conn.execute(text("DELETE FROM predictions WHERE CAST(row_id AS int) % 10 = 0"))
+            before = dict(
+                conn.execute(text("SELECT CAST(row_id AS int), scored_at FROM predictions")).all()
+            )
         second = submit_job(engine, scoring, client, enqueue, mode="new")
         job = wait_for(engine, scoring, second)
     assert (job["status"], job["rows_total"], job["rows_scored"]) == ("succeeded", 56, 56)
@@ -85,8 +89,8 @@ def test_new_mode_scores_only_rows_without_a_prediction(
 def test_chunk_delivered_twice_leaves_the_same_rows(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:
-    job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
-    tables = Tables(scoring)
+    job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    tables = Tables.build(scoring.predictions_table)
     assert run_chunk(engine, tables, client, job_id, 0, 60) == "done"
     first = predictions(engine)
     assert run_chunk(engine, tables, client, job_id, 0, 60) == "skipped"
@@ -97,17 +101,19 @@ def test_chunk_delivered_twice_leaves_the_same_rows(
 def test_worker_whose_lease_expired_writes_nothing(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:
-    job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
-    tables = Tables(scoring)
+    job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    tables = Tables.build(scoring.predictions_table)
     stalled = claim(engine, tables, job_id, 0, lease=0.2)
     assert stalled is not None
     time.sleep(0.5)
     taken_over = claim(engine, tables, job_id, 0, lease=60)
     assert taken_over is not None and taken_over.token != stalled.token
-    _, result = client.score(read_rows(engine, tables, stalled).table)
-    assert write(engine, tables, stalled, result) is False
+    rows = read_rows(engine, tables, stalled.job, stalled.id_lo, stalled.id_hi)
+    _, result = client.score(rows.table)
+    scored = predictions_of(rows.keys, result)
+    assert write(engine, tables, stalled, scored) is False
     assert predictions(engine).empty
-    assert write(engine, tables, taken_over, result) is True
+    assert write(engine, tables, taken_over, scored) is True
     assert len(predictions(engine)) == 100
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
@@ -132,7 +138,7 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
         process.wait()
     killed_at = get_job(engine, settings, job_id)
     assert killed_at["status"] == "running" and killed_at["rows_scored"] < 200_000
-    with working(env, log, concurrency=2, beat=True):
+    with working(env, log, concurrency=2):
         job = wait_for(engine, settings, job_id, timeout=240)
     app.close()
     assert job["status"] == "succeeded", job
@@ -143,7 +149,7 @@ def test_service_down_then_up_finishes_and_down_too_long_fails(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
-    enqueue: Callable[[int, int], None],
+    enqueue: Callable[[int, int, str], None],
     trained: TrainedModel,
     tmp_path: Path,
 ) -> None:
@@ -171,7 +177,7 @@ def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
-    enqueue: Callable[[int, int], None],
+    enqueue: Callable[[int, int, str], None],
     tmp_path: Path,
 ) -> None:
     with engine.begin() as conn:
@@ -179,12 +185,16 @@ def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
         conn.execute(text("UPDATE features SET mean_radius = NULL WHERE id = 8"))
     with working(env_for(scoring), tmp_path / "worker.log"):
         job = wait_for(engine, scoring, submit_job(engine, scoring, client, enqueue))
-    assert (job["status"], job["rows_scored"], job["rows_failed"]) == ("succeeded", 567, 2)
+    assert (job["status"], job["rows_scored"], job["rows_failed"]) == (
+        "succeeded_with_errors",
+        567,
+        2,
+    )
     with engine.connect() as conn:
         failed = conn.execute(text("SELECT row_id, reason FROM scorebox_failed_rows")).all()
     assert sorted(failed) == [
-        (7, "infinite value in mean_area"),
-        (300, "infinite value in mean_area"),
+        ("300", "infinite value in mean_area"),
+        ("7", "infinite value in mean_area"),
     ]
     assert 8 in predictions(engine)["row_id"].tolist()  # NULL is imputed, not a failure
 
@@ -193,17 +203,17 @@ def test_job_for_another_model_fails_instead_of_mixing(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
-    enqueue: Callable[[int, int], None],
+    enqueue: Callable[[int, int, str], None],
     tmp_path: Path,
 ) -> None:
-    job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
+    job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
     with engine.begin() as conn:
         conn.execute(
             text("UPDATE scorebox_jobs SET model_tag = 'served:older' WHERE id = :j"), {"j": job_id}
         )
     with working(env_for(scoring), tmp_path / "worker.log"):
         for chunk in range(6):
-            enqueue(job_id, chunk)
+            enqueue(job_id, chunk, scoring.queue_name)
         job = wait_for(engine, scoring, job_id)
     assert job["status"] == "failed"
     assert "job" in job["error"] and "served:older; not mixing models" in job["error"]
@@ -214,7 +224,7 @@ def test_cancelled_job_writes_nothing_more_and_can_resume(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
-    enqueue: Callable[[int, int], None],
+    enqueue: Callable[[int, int, str], None],
     tmp_path: Path,
 ) -> None:
     job_id = submit_job(engine, scoring, client, enqueue)
@@ -233,7 +243,7 @@ def test_cancelled_job_writes_nothing_more_and_can_resume(
 def test_jobs_cli_lists_shows_and_explains_unknown_ids(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:
-    job_id = submit_job(engine, scoring, client, lambda job, chunk: None)
+    job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
     env = env_for(scoring)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -261,4 +271,4 @@ def test_schedule_runs_new_rows_job_on_cron(scoring: Settings) -> None:
     assert entry["task"] == "scorebox.score_new_rows"
     assert entry["schedule"].minute == set(range(0, 60, 15))
     assert entry["schedule"].day_of_week == {1, 2, 3, 4, 5}
-    assert "sweep" in app.conf.beat_schedule
+    assert entry["options"]["queue"] == scoring.queue_name

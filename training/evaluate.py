@@ -1,4 +1,4 @@
-"""Holdout metrics for a fitted pipeline."""
+"""Holdout metrics for a fitted pipeline; a metric the holdout cannot define is absent, with why."""
 
 from __future__ import annotations
 
@@ -19,27 +19,33 @@ from sklearn.pipeline import Pipeline
 
 def evaluate(
     pipeline: Pipeline, features: pd.DataFrame, target: pd.Series, task: str
-) -> dict[str, float | None]:
-    """Classification: ROC AUC, accuracy, log loss. Regression: RMSE, MAE, R2."""
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Classification: ROC AUC, accuracy, log loss. Regression: RMSE, MAE, R2. Returns the
+    metrics and, for each one left undefined, the reason."""
+    undefined: dict[str, str] = {}
+    metrics: dict[str, float] = {}
     if task == "regression":
         predicted = pipeline.predict(features)
-        return {
-            "rmse": float(math.sqrt(mean_squared_error(target, predicted))),
-            "mae": float(mean_absolute_error(target, predicted)),
-            "r2": float(r2_score(target, predicted)),
-        }
+        metrics["rmse"] = float(math.sqrt(mean_squared_error(target, predicted)))
+        metrics["mae"] = float(mean_absolute_error(target, predicted))
+        if target.nunique() > 1:
+            metrics["r2"] = float(r2_score(target, predicted))
+        else:
+            undefined["r2"] = "the held-out target has a single value"
+        return metrics, undefined
     classes = pipeline.classes_
     proba = pipeline.predict_proba(features)
     predicted = classes[np.argmax(proba, axis=1)]
-    roc_auc: float | None
     if target.nunique() < len(classes):
-        roc_auc = None  # undefined when the holdout lacks a class
+        missing = sorted(set(classes.tolist()) - set(target.tolist()), key=str)
+        undefined["roc_auc"] = (
+            f"the held-out rows lack class(es) {', '.join(map(str, missing))}; "
+            "more rows of each class would define it"
+        )
     elif len(classes) == 2:
-        roc_auc = float(roc_auc_score(target, proba[:, 1]))
+        metrics["roc_auc"] = float(roc_auc_score(target, proba[:, 1]))
     else:
-        roc_auc = float(roc_auc_score(target, proba, multi_class="ovr", labels=classes))
-    return {
-        "roc_auc": roc_auc,
-        "accuracy": float(accuracy_score(target, predicted)),
-        "log_loss": float(log_loss(target, proba, labels=classes)),
-    }
+        metrics["roc_auc"] = float(roc_auc_score(target, proba, multi_class="ovr", labels=classes))
+    metrics["accuracy"] = float(accuracy_score(target, predicted))
+    metrics["log_loss"] = float(log_loss(target, proba, labels=classes))
+    return metrics, undefined

@@ -33,7 +33,7 @@ def _plots(
         axes[0].set(title="Predicted vs actual", xlabel="actual", ylabel="predicted")
         axes[1].hist(target - predicted, bins=40)
         axes[1].set(title="Residuals", xlabel="actual - predicted", ylabel="rows")
-    elif len(pipeline.classes_) == 2:
+    elif len(pipeline.classes_) == 2 and target.nunique() == 2:
         RocCurveDisplay.from_estimator(pipeline, features, target, ax=axes[0])
         axes[0].set_title("ROC curve (holdout)")
         PrecisionRecallDisplay.from_estimator(pipeline, features, target, ax=axes[1])
@@ -67,13 +67,14 @@ def write_report(
         directory / "evaluation.png",
     )
     metrics = "\n".join(
-        f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |"
-        for name, value in info.metrics.items()
+        [f"| {name} | {value:.4f} |" for name, value in info.metrics.items()]
+        + [f"| {name} | undefined: {why} |" for name, why in info.metrics_undefined.items()]
     )
     notes = "\n".join(
         f"- {name.replace('_', ' ')}: {count}" for name, count in info.data_notes.items()
     )
-    features = ", ".join(f"`{name}` ({dtype})" for name, dtype in info.features.items())
+    features = ", ".join(f"`{f.name}` ({f.kind})" for f in info.features)
+    left_out = "".join(f"\n- `{name}`: {why}" for name, why in info.left_out.items())
     summary = f"""# Evaluation of {tag}
 
 - task: {info.task} ({info.estimator})
@@ -89,6 +90,8 @@ def write_report(
 ![evaluation](evaluation.png)
 
 Features: {features}
+
+Columns left out:{left_out or " none"}
 """
     report = directory / "report.md"
     report.write_text(summary)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import pandas as pd
 from sklearn.model_selection import train_test_split
 from sqlalchemy import Engine
 
+from scorebox.encoding import json_value
+from scorebox.errors import DataError
 from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
 from scorebox.settings import Settings
@@ -34,30 +39,17 @@ class TrainResult:
     report: Path
 
 
-def train(
-    settings: Settings, engine: Engine, step: Callable[[str], None] = lambda _: None
-) -> TrainResult:
-    """Train on the configured table and register the model; ``step`` hears about progress."""
-    step(f"reading {settings.feature_table}")
-    with engine.connect() as conn:
-        schema = resolve_schema(conn, settings)
-        loaded = data.load(conn, schema)
-    frame = loaded.frame
-    notes = {
-        "rows_dropped_null_target": loaded.dropped_null_target,
-        "rows_with_null_features_imputed": loaded.rows_with_null_features,
-    }
-    for note, count in notes.items():
-        if count:
-            log.warning("%s: %d", note.replace("_", " "), count)
-
-    features = frame[schema.feature_names]
-    target = frame[schema.target_column]
-    task = infer_task(target, settings.task)
-    classes = check_classes(target) if task == "classification" else []
+def _split(
+    features: pd.DataFrame, target: pd.Series, task: str, settings: Settings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series, pd.Series]:
+    """The holdout split: stratified by class when every class has at least two rows and the
+    holdout can hold one of each."""
     stratify = None
-    if task == "classification" and target.value_counts().min() >= 2:
-        stratify = target
+    if task == "classification":
+        counts = target.value_counts()
+        holdout = math.ceil(len(target) * settings.test_size)
+        if counts.min() >= 2 and len(counts) <= holdout <= len(target) - len(counts):
+            stratify = target
     x_train, x_test, y_train, y_test = train_test_split(
         features,
         target,
@@ -65,28 +57,62 @@ def train(
         random_state=settings.random_state,
         stratify=stratify,
     )
+    if task == "classification" and y_train.nunique() < 2:
+        raise DataError("the training rows hold a single class after the holdout split; add rows")
+    return x_train, x_test, y_train, y_test
 
-    pipeline, estimator = build_pipeline(task, settings.estimator, settings.random_state)
+
+def train(
+    settings: Settings, engine: Engine, step: Callable[[str], None] = lambda _: None
+) -> TrainResult:
+    """Train on the configured table and register the model; ``step`` hears about progress."""
+    step(f"reading {settings.feature_table}")
+    with engine.connect() as conn:
+        schema = resolve_schema(conn, settings)
+        loaded = data.load(conn, schema, settings.max_categories)
+    frame = loaded.frame
+    for note, count in loaded.notes.items():
+        if count:
+            log.warning("%s: %d", note.replace("_", " "), count)
+
+    names = [f.name for f in loaded.features]
+    features = frame[names]
+    target = frame[schema.target_column]
+    task = infer_task(target, data.is_discrete(schema.target_type), settings.task)
+    if task == "classification" and target.dtype.kind == "f":
+        target = target.astype("int64")  # integral measurements asked to be classes
+    classes = check_classes(target) if task == "classification" else []
+    x_train, x_test, y_train, y_test = _split(features, target, task, settings)
+
+    pipeline, estimator = build_pipeline(
+        task, settings.estimator, loaded.features, settings.random_state, settings.max_categories
+    )
     step(f"fitting {estimator} ({task}) on {len(x_train)} rows")
-    pipeline.fit(x_train, y_train)
+    with warnings.catch_warnings():
+        # A tiny table can leave a class with fewer rows than folds: not worth stopping for.
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        pipeline.fit(x_train, y_train)
     step(f"evaluating on {len(x_test)} held-out rows")
-    metrics = evaluate(pipeline, x_test, y_test, task)
+    metrics, undefined = evaluate(pipeline, x_test, y_test, task)
 
     info = ModelInfo(
         task=task,
-        feature_table=settings.feature_table,
+        feature_table=str(schema.table),
         id_column=schema.id_column,
         target_column=schema.target_column,
-        features=schema.features,
+        features=pipeline.named_steps["encode"].features_,
         classes=classes,
         metrics=metrics,
         training_rows=len(x_train),
         holdout_rows=len(x_test),
-        fingerprint=data.fingerprint(frame),
+        fingerprint=data.fingerprint(frame[[schema.id_column, *names, schema.target_column]]),
         artifact_sha256=artifact_sha256(pipeline),
         estimator=estimator,
         versions={name: version(name) for name in _PACKAGES},
-        data_notes=notes,
+        data_notes=loaded.notes,
+        left_out=loaded.left_out,
+        metrics_undefined=undefined,
+        example={str(name): json_value(value) for name, value in x_test.iloc[0].items()},
     )
     step(f"registering {settings.model_name} in the BentoML model store")
     model = register(settings.model_name, pipeline, info)

@@ -1,13 +1,15 @@
 """One chunk of a job: claim it with a lease, read its rows, score them through the service, and
-write the predictions with the chunk's completion in one transaction fenced by the lease token.
+write the predictions with the chunk's completion in one transaction fenced by the lease.
 
 A chunk that runs twice writes the same rows once: a second claim finds it done, and a worker
-whose lease expired (another took the chunk over) writes nothing.
+whose lease expired (another took the chunk over) writes nothing. Leases are measured on the
+database's clock. Every error ends in a decision (see :func:`run_chunk`): transient errors are
+retried with backoff by the task, rows the service refuses are recorded as failed rows, and
+anything else fails the job with a one-line reason, so no job is left running forever.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import uuid
@@ -17,49 +19,40 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import psycopg
 import pyarrow as pa
-import pyarrow.csv as pacsv
-from psycopg import sql
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Double,
     Engine,
-    Integer,
     String,
-    Table,
-    Text,
     and_,
-    bindparam,
+    case,
     cast,
     exists,
     func,
+    literal,
     select,
+    text,
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from scorebox.db import insert_for, reflect_table, split_name, utcnow
+from scorebox.db import Tables, insert_for, utcnow
 from scorebox.errors import ScoreboxError
-from worker.client import ServiceClient, ServiceUnavailable
-from worker.jobs import ACTIVE, Tables, fail_job, unscored
+from worker.client import ServiceClient, ServiceRefused, ServiceUnavailable
+from worker.jobs import ACTIVE, fail_job
+from worker.reading import Rows, read_rows
 
 log = logging.getLogger(__name__)
 
+# Database faults worth retrying: a lost connection, a server restart, a lock or statement
+# timeout, a deadlock or serialization failure (psycopg raises OperationalError for each).
+TRANSIENT = (OperationalError, InterfaceError, ServiceUnavailable)
 
-# Database faults worth retrying: a lost connection or a server restart, through SQLAlchemy or
-# psycopg's COPY.
-TRANSIENT = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
-
-class ModelMismatch(ScoreboxError):
-    """The service serves another model than the job's."""
+class Permanent(ScoreboxError):
+    """An error retrying will not mend: the job fails with this one-line reason."""
 
 
 @dataclass(frozen=True)
@@ -68,222 +61,151 @@ class Claim:
 
     job_id: int
     chunk_no: int
-    id_lo: int
-    id_hi: int
+    id_lo: str
+    id_hi: str
     token: str
+    attempt: int
     job: dict[str, Any]
+
+
+def _now(conn: Connection) -> Any:
+    """The database's clock (PostgreSQL), or this machine's where there is no server (SQLite)."""
+    return func.clock_timestamp() if conn.dialect.name == "postgresql" else literal(utcnow())
+
+
+def _lease_end(conn: Connection, seconds: float) -> Any:
+    if conn.dialect.name == "postgresql":
+        return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+    return literal(utcnow() + timedelta(seconds=seconds))
 
 
 def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: float) -> Claim | None:
     """Lease the chunk if it is pending (or its lease expired) and its job is active."""
     chunks, jobs = tables.chunks, tables.jobs
     token = str(uuid.uuid4())
-    now = utcnow()
-    claimable = (
-        select(chunks.c.job_id, chunks.c.chunk_no)
-        .where(
-            chunks.c.job_id == job_id,
-            chunks.c.chunk_no == chunk_no,
-            (chunks.c.status == "pending")
-            | ((chunks.c.status == "running") & (chunks.c.lease_expires_at < now)),
-            exists().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)),
-        )
-        .with_for_update(skip_locked=True)
-    )
     with engine.begin() as conn:
+        now = _now(conn)
+        claimable = (
+            select(chunks.c.job_id, chunks.c.chunk_no)
+            .where(
+                chunks.c.job_id == job_id,
+                chunks.c.chunk_no == chunk_no,
+                (chunks.c.status == "pending")
+                | ((chunks.c.status == "running") & (chunks.c.lease_expires_at < now)),
+                exists().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)),
+            )
+            .with_for_update(skip_locked=True)
+        )
         row = conn.execute(
             update(chunks)
             .where(tuple_(chunks.c.job_id, chunks.c.chunk_no).in_(claimable))
             .values(
                 status="running",
                 lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease),
+                lease_expires_at=_lease_end(conn, lease),
                 attempt=chunks.c.attempt + 1,
                 updated_at=now,
             )
-            .returning(chunks.c.id_lo, chunks.c.id_hi)
+            .returning(chunks.c.id_lo, chunks.c.id_hi, chunks.c.attempt)
         ).first()
         if row is None:
             return None
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == "queued")
-            .values(status="running", started_at=now)
+            .values(status="running", started_at=utcnow())
         )
         job = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
-    return Claim(job_id, chunk_no, row.id_lo, row.id_hi, token, dict(job))
+    return Claim(job_id, chunk_no, row.id_lo, row.id_hi, token, row.attempt, dict(job))
 
 
 @dataclass(frozen=True)
-class Rows:
-    """A chunk's rows ready for the service, and those refused before it (id, reason)."""
+class Scored:
+    """What a chunk's write holds: prediction columns and failed rows (key, reason)."""
 
-    table: pa.Table
-    refused: list[tuple[int, str]]
+    columns: dict[str, list[Any]]
+    failed: list[tuple[str, str]]
 
-
-def read_rows(engine: Engine, tables: Tables, claim: Claim) -> Rows:
-    """The chunk's rows (``id`` and features) as Arrow, streamed by COPY and parsed in C++.
-
-    In mode ``new`` rows that already have a prediction for the job's model are left out.
-    """
-    job = claim.job
-    if engine.dialect.name != "postgresql":
-        return _read_rows_portable(engine, tables, claim)
-    schema, name = split_name(job["table_name"])
-    source = sql.Identifier(schema, name) if schema else sql.Identifier(name)
-    id_col = sql.Identifier(job["id_column"])
-    features: list[str] = job["features"]
-    query = sql.SQL(
-        "SELECT {id} AS id, {cols} FROM {source} AS t WHERE {id} BETWEEN %s AND %s"
-    ).format(id=id_col, cols=sql.SQL(", ").join(map(sql.Identifier, features)), source=source)
-    params: list[Any] = [claim.id_lo, claim.id_hi]
-    if job["mode"] == "new":
-        p_schema, p_name = split_name(tables.predictions.fullname)
-        predictions = sql.Identifier(p_schema, p_name) if p_schema else sql.Identifier(p_name)
-        query += sql.SQL(
-            " AND NOT EXISTS (SELECT 1 FROM {p} WHERE row_id = t.{id} AND model_tag = %s)"
-        ).format(p=predictions, id=id_col)
-        params.append(job["model_tag"])
-    query += sql.SQL(" ORDER BY 1")
-    buffer = io.BytesIO()
-    with engine.connect() as conn:
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        with driver.cursor() as cursor:
-            copy_query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(query)
-            with cursor.copy(copy_query, params) as copy:
-                for block in copy:
-                    buffer.write(block)
-    buffer.seek(0)
-    types = {"id": pa.int64()} | {f: pa.float64() for f in features}
-    try:
-        table = pacsv.read_csv(
-            buffer,
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-        )
-        return Rows(table, [])
-    except pa.ArrowInvalid:
-        # Some value is not a number (a text column): parse as text and sort the rows out.
-        buffer.seek(0)
-        text_types = {"id": pa.int64()} | {f: pa.string() for f in features}
-        frame = pacsv.read_csv(
-            buffer,
-            convert_options=pacsv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
-        ).to_pandas()
-        return _numeric(frame, features)
+    @property
+    def count(self) -> int:
+        return len(self.columns["row_id"])
 
 
-def _numeric(frame: pd.DataFrame, features: list[str]) -> Rows:
-    """Convert feature columns to float; a row with a value that is not a number (other than
-    NULL) is refused with the column and value, and the rest go on."""
-    reasons = [""] * len(frame)
-    for name in features:
-        raw = frame[name]
-        values = pd.to_numeric(raw, errors="coerce")
-        for i in np.flatnonzero((values.isna() & raw.notna()).to_numpy()):
-            reasons[i] = reasons[i] or f"non-numeric value in {name}: {raw.iloc[i]!r}"
-        frame[name] = values.astype("float64")
-    refused = [(int(i), r) for i, r in zip(frame["id"], reasons, strict=True) if r]
-    good = frame[[not r for r in reasons]].astype({"id": "int64"})
-    return Rows(pa.Table.from_pandas(good, preserve_index=False), refused)
-
-
-def _read_rows_portable(engine: Engine, tables: Tables, claim: Claim) -> Rows:
-    """The same rows through a plain SELECT (SQLite, where there is no COPY)."""
-    job = claim.job
-    features: list[str] = job["features"]
-    with engine.connect() as conn:
-        source = reflect_table(conn, job["table_name"])
-        ids = source.c[job["id_column"]]
-        query = (
-            select(ids.label("id"), *(source.c[f] for f in features))
-            .where(ids.between(claim.id_lo, claim.id_hi))
-            .order_by(ids)
-        )
-        if job["mode"] == "new":
-            query = query.where(
-                unscored(source, job["id_column"], tables.predictions, job["model_tag"])
-            )
-        frame = pd.read_sql(query, conn)
-    return _numeric(frame, features)
-
-
-def _prediction_rows(result: pa.Table, job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Column arrays of good predictions and a list of failed rows, from the service's result."""
+def predictions_of(keys: Sequence[str], result: pa.Table) -> Scored:
+    """The service's answer (one row for each row sent) as prediction columns and failed rows."""
+    if result.num_rows != len(keys):
+        raise Permanent(f"the service answered {result.num_rows} rows for {len(keys)} sent")
     errors = result.column("error").to_pylist()
-    ids = result.column("id").to_numpy()
     good = np.array([e is None for e in errors], dtype=bool)
-    failed = [
-        {"job_id": job_id, "row_id": int(i), "reason": e}
-        for i, e in zip(ids, errors, strict=True)
-        if e
-    ]
-    columns: dict[str, Any] = {"row_id": ids[good].tolist()}
+    ids = np.asarray(keys, dtype=object)
+    failed = [(key, str(e)) for key, e in zip(keys, errors, strict=True) if e is not None]
+    n = int(good.sum())
+    columns: dict[str, list[Any]] = {"row_id": ids[good].tolist()}
     if "predicted_value" in result.column_names:
-        columns["predicted_value"] = (
-            result.column("predicted_value").to_numpy(zero_copy_only=False)[good].tolist()
-        )
-        columns["predicted_label"] = [None] * int(good.sum())
-        columns["probability"] = [None] * int(good.sum())
-        columns["probabilities"] = [None] * int(good.sum())
-    else:
-        classes = [c.removeprefix("p:") for c in result.column_names if c.startswith("p:")]
-        proba = np.column_stack(
-            [result.column(f"p:{c}").to_numpy(zero_copy_only=False) for c in classes]
-        )[good]
-        columns["predicted_label"] = np.asarray(
-            result.column("predicted_label").to_pylist(), dtype=object
-        )[good].tolist()
-        columns["predicted_value"] = [None] * int(good.sum())
-        columns["probability"] = (
-            result.column("probability").to_numpy(zero_copy_only=False)[good].tolist()
-        )
-        columns["probabilities"] = [
+        values = result.column("predicted_value").to_numpy(zero_copy_only=False)
+        columns |= {
+            "predicted_value": values[good].tolist(),
+            "predicted_label": [None] * n,
+            "probability": [None] * n,
+            "probabilities": [None] * n,
+        }
+        return Scored(columns, failed)
+    classes = [c.removeprefix("p:") for c in result.column_names if c.startswith("p:")]
+    proba = np.column_stack(
+        [result.column(f"p:{c}").to_numpy(zero_copy_only=False) for c in classes]
+    )[good]
+    labels = np.asarray(result.column("predicted_label").to_pylist(), dtype=object)
+    columns |= {
+        "predicted_label": labels[good].tolist(),
+        "predicted_value": [None] * n,
+        "probability": result.column("probability").to_numpy(zero_copy_only=False)[good].tolist(),
+        "probabilities": [
             json.dumps(dict(zip(classes, row, strict=True))) for row in proba.tolist()
-        ]
-    return columns, failed
+        ],
+    }
+    return Scored(columns, failed)
 
 
-def write(
-    engine: Engine,
-    tables: Tables,
-    claim: Claim,
-    result: pa.Table | None,
-    refused: Sequence[tuple[int, str]] = (),
-) -> bool:
+def _bound_transaction(conn: Connection, tables: Tables, claim: Claim) -> bool:
+    """Bound this transaction by what is left of the lease: no statement, lock wait or idle
+    moment (a stalled worker) may outlive it. False when the lease is already gone."""
+    if conn.dialect.name != "postgresql":
+        return True
+    left = conn.execute(
+        text(
+            "SELECT floor(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000) "
+            f"FROM {_quoted(conn, tables.chunks)} "
+            "WHERE job_id = :job AND chunk_no = :chunk AND lease_token = :token"
+        ),
+        {"job": claim.job_id, "chunk": claim.chunk_no, "token": claim.token},
+    ).scalar()
+    if left is None or left <= 0:
+        return False
+    for setting in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"):
+        conn.execute(
+            text("SELECT set_config(:name, :value, true)"),
+            {"name": setting, "value": str(int(left))},
+        )
+    return True
+
+
+def _quoted(conn: Connection, table: Any) -> str:
+    return conn.dialect.identifier_preparer.format_table(table)
+
+
+def write(engine: Engine, tables: Tables, claim: Claim, scored: Scored) -> bool:
     """Upsert predictions, record failed rows and complete the chunk in one transaction, only if
-    this worker still holds the lease. Returns False (and writes nothing) when fenced off.
-    ``result`` is None for a chunk with no rows left to score."""
-    columns, failed = _prediction_rows(result, claim.job_id) if result else ({"row_id": []}, [])
-    failed += [{"job_id": claim.job_id, "row_id": i, "reason": r} for i, r in refused]
-    scored = len(columns["row_id"])
-    chunks, jobs, predictions = tables.chunks, tables.jobs, tables.predictions
+    this worker still holds an unexpired lease at the end. Returns False (writing nothing) when
+    fenced off."""
+    chunks, jobs = tables.chunks, tables.jobs
+    failed = [{"job_id": claim.job_id, "row_id": k, "reason": r} for k, r in scored.failed]
     with engine.begin() as conn:
-        fenced = conn.execute(
-            update(chunks)
-            .where(
-                chunks.c.job_id == claim.job_id,
-                chunks.c.chunk_no == claim.chunk_no,
-                chunks.c.lease_token == claim.token,
-                chunks.c.status == "running",
-            )
-            .values(
-                status="done",
-                lease_token=None,
-                rows_scored=scored,
-                rows_failed=len(failed),
-                updated_at=utcnow(),
-            )
-        ).rowcount
-        if fenced == 0:
-            conn.rollback()
+        if not _bound_transaction(conn, tables, claim):
             log.warning("chunk %s/%s: lease lost, nothing written", claim.job_id, claim.chunk_no)
             return False
-        if scored and conn.dialect.name == "postgresql":
-            _upsert(conn, predictions, columns, claim.job["model_tag"], claim.job_id)
-        elif scored:
-            _upsert_rows(conn, predictions, columns, claim.job["model_tag"], claim.job_id)
+        if scored.count:
+            upsert = _upsert if conn.dialect.name == "postgresql" else _upsert_rows
+            upsert(conn, tables, claim, scored.columns)
         if failed:
             insert = insert_for(conn, tables.failed)
             conn.execute(
@@ -292,14 +214,53 @@ def write(
                 ),
                 failed,
             )
+        # The fence, last: the lease must still be this worker's and unexpired now.
+        fenced = conn.execute(
+            update(chunks)
+            .where(
+                chunks.c.job_id == claim.job_id,
+                chunks.c.chunk_no == claim.chunk_no,
+                chunks.c.lease_token == claim.token,
+                chunks.c.status == "running",
+                chunks.c.lease_expires_at > _now(conn),
+            )
+            .values(
+                status="done",
+                lease_token=None,
+                rows_scored=scored.count,
+                rows_failed=len(failed),
+                updated_at=utcnow(),
+            )
+        ).rowcount
+        if fenced == 0:
+            conn.rollback()
+            log.warning("chunk %s/%s: lease lost, nothing written", claim.job_id, claim.chunk_no)
+            return False
         conn.execute(
             update(jobs)
             .where(jobs.c.id == claim.job_id)
             .values(
-                rows_scored=jobs.c.rows_scored + scored,
+                rows_scored=jobs.c.rows_scored + scored.count,
                 rows_failed=jobs.c.rows_failed + len(failed),
             )
         )
+        if failed:
+            conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == claim.job_id,
+                    jobs.c.status.in_(ACTIVE),
+                    jobs.c.rows_failed > jobs.c.max_failed_rows,
+                )
+                .values(
+                    status="failed",
+                    finished_at=utcnow(),
+                    error=cast(jobs.c.rows_failed, String)
+                    + literal(" rows failed, more than --max-failed-rows ", String)
+                    + cast(jobs.c.max_failed_rows, String)
+                    + literal(f"; see `scorebox jobs show {claim.job_id}`", String),
+                )
+            )
         # A new statement sees every chunk committed before this one took the job row's lock.
         conn.execute(
             update(jobs)
@@ -308,57 +269,37 @@ def write(
                 jobs.c.status == "running",
                 ~exists().where(and_(chunks.c.job_id == claim.job_id, chunks.c.status != "done")),
             )
-            .values(status="succeeded", finished_at=utcnow())
+            .values(
+                status=case((jobs.c.rows_failed > 0, "succeeded_with_errors"), else_="succeeded"),
+                finished_at=utcnow(),
+            )
         )
     return True
 
 
-def _upsert(
-    conn: Connection, predictions: Table, columns: dict[str, Any], tag: str, job_id: int
-) -> None:
-    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT (row_id, model_tag) DO UPDATE, in id order
-    so concurrent writers lock rows in the same order and cannot deadlock."""
-    arrays = (
-        func.unnest(
-            cast(bindparam("ids"), ARRAY(BigInteger)),
-            cast(bindparam("labels"), ARRAY(Text)),
-            cast(bindparam("vals"), ARRAY(Double)),
-            cast(bindparam("probability"), ARRAY(Double)),
-            cast(bindparam("probabilities"), ARRAY(Text)),
-        )
-        .table_valued(
-            "row_id", "predicted_label", "predicted_value", "probability", "probabilities"
-        )
-        .render_derived(name="u")
-    )
-    rows = select(
-        arrays.c.row_id,
-        cast(bindparam("tag"), String),
-        arrays.c.predicted_label,
-        arrays.c.predicted_value,
-        arrays.c.probability,
-        cast(arrays.c.probabilities, JSON),
-        cast(bindparam("job"), Integer),
-    ).order_by(arrays.c.row_id)
-    names = [
-        "row_id",
-        "model_tag",
-        "predicted_label",
-        "predicted_value",
-        "probability",
-        "probabilities",
-        "job_id",
-    ]
-    insert = postgresql.insert(predictions).from_select(names, rows)
-    statement = insert.on_conflict_do_update(
-        index_elements=["row_id", "model_tag"],
-        set_={name: insert.excluded[name] for name in names[2:]} | {"scored_at": func.now()},
-    )
+def _upsert(conn: Connection, tables: Tables, claim: Claim, columns: dict[str, Any]) -> None:
+    """INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE, in key order so concurrent
+    writers lock rows in the same order and cannot deadlock."""
+    target = _quoted(conn, tables.predictions)
     conn.execute(
-        statement,
+        text(
+            f"INSERT INTO {target} (source_table, model_tag, row_id, predicted_label, "
+            "predicted_value, probability, probabilities, job_id) "
+            "SELECT :source, :tag, u.row_id, u.label, u.value, u.probability, "
+            "CAST(u.probabilities AS json), :job FROM unnest("
+            "CAST(:ids AS text[]), CAST(:labels AS text[]), CAST(:vals AS float8[]), "
+            "CAST(:probability AS float8[]), CAST(:probabilities AS text[])) "
+            "AS u(row_id, label, value, probability, probabilities) ORDER BY u.row_id "
+            "ON CONFLICT (source_table, model_tag, row_id) DO UPDATE SET "
+            "predicted_label = excluded.predicted_label, "
+            "predicted_value = excluded.predicted_value, probability = excluded.probability, "
+            "probabilities = excluded.probabilities, job_id = excluded.job_id, "
+            "scored_at = now()"
+        ),
         {
-            "tag": tag,
-            "job": job_id,
+            "source": claim.job["table_name"],
+            "tag": claim.job["model_tag"],
+            "job": claim.job_id,
             "ids": columns["row_id"],
             "labels": columns["predicted_label"],
             "vals": columns["predicted_value"],
@@ -368,22 +309,25 @@ def _upsert(
     )
 
 
-def _upsert_rows(
-    conn: Connection, predictions: Table, columns: dict[str, Any], tag: str, job_id: int
-) -> None:
+def _upsert_rows(conn: Connection, tables: Tables, claim: Claim, columns: dict[str, Any]) -> None:
     """The portable upsert (SQLite): one parameter set a row."""
     names = ["row_id", "predicted_label", "predicted_value", "probability", "probabilities"]
+    fixed = {
+        "source_table": claim.job["table_name"],
+        "model_tag": claim.job["model_tag"],
+        "job_id": claim.job_id,
+    }
     rows = [
-        dict(zip(names, values, strict=True)) | {"model_tag": tag, "job_id": job_id}
+        dict(zip(names, values, strict=True)) | fixed
         for values in zip(*(columns[n] for n in names), strict=True)
     ]
     for row in rows:
         if row["probabilities"] is not None:
             row["probabilities"] = json.loads(row["probabilities"])
-    insert = insert_for(conn, predictions)
+    insert = insert_for(conn, tables.predictions)
     conn.execute(
         insert.on_conflict_do_update(
-            index_elements=["row_id", "model_tag"],
+            index_elements=["source_table", "model_tag", "row_id"],
             set_={n: insert.excluded[n] for n in [*names[1:], "job_id"]} | {"scored_at": utcnow()},
         ),
         rows,
@@ -405,65 +349,108 @@ def _end_lease(conn: Connection, tables: Tables, claim: Claim, **values: Any) ->
 
 
 def release(engine: Engine, tables: Tables, claim: Claim) -> None:
-    """Give the chunk back (status pending) so a retry can claim it at once."""
-    with engine.begin() as conn:
-        _end_lease(conn, tables, claim, status="pending")
+    """Give the chunk back (status pending) so a retry can claim it at once; if the database is
+    still away, the lease expires and the sweeper queues the chunk again."""
+    try:
+        with engine.begin() as conn:
+            # A released attempt ended cleanly: only attempts that died count against a chunk.
+            _end_lease(conn, tables, claim, status="pending", attempt=tables.chunks.c.attempt - 1)
+    except (OperationalError, InterfaceError):
+        log.warning("chunk %s/%s: could not release, lease will expire", *claim_ids(claim))
 
 
-def fail(engine: Engine, tables: Tables, claim: Claim, error: str) -> None:
+def claim_ids(claim: Claim) -> tuple[int, int]:
+    """(job id, chunk number) for log lines."""
+    return claim.job_id, claim.chunk_no
+
+
+def fail(engine: Engine, tables: Tables, job_id: int, chunk_no: int, error: str) -> None:
     """Mark the chunk and its job failed with ``error``; what other chunks wrote stays."""
     with engine.begin() as conn:
-        _end_lease(conn, tables, claim, status="failed", error=error)
-        fail_job(conn, tables, claim.job_id, error)
+        conn.execute(
+            update(tables.chunks)
+            .where(tables.chunks.c.job_id == job_id, tables.chunks.c.chunk_no == chunk_no)
+            .values(status="failed", lease_token=None, error=error, updated_at=utcnow())
+        )
+        fail_job(conn, tables, job_id, error)
+
+
+def explain(exc: BaseException, tables: Tables) -> str:
+    """One line saying why a chunk cannot be scored, for errors that retrying will not mend."""
+    if isinstance(exc, ScoreboxError):
+        return str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "a chunk took longer than the task's time limit; lower SCOREBOX_CHUNK_SIZE"
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if sqlstate == "21000":
+            return (
+                "the id column holds the same value twice within a chunk (rows added after "
+                "the job was submitted?); make the id column unique and resume the job"
+            )
+        if sqlstate == "42P01":
+            return (
+                f"a table is missing ({first}); run `scorebox db upgrade` with the same "
+                f"SCOREBOX_PREDICTIONS_TABLE ({tables.predictions.fullname})"
+            )
+        if sqlstate == "42501":
+            return f"permission denied ({first}); grant the worker's role what README lists"
+        return f"database error: {first}"
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def run_chunk(
-    engine: Engine, tables: Tables, client: ServiceClient, job_id: int, chunk_no: int, lease: float
+    engine: Engine,
+    tables: Tables,
+    client: ServiceClient,
+    job_id: int,
+    chunk_no: int,
+    lease: float,
+    max_attempts: int = 5,
 ) -> str:
     """Claim, read, score and write one chunk. Returns what happened (for logs and tests).
 
-    Raises ServiceUnavailable after releasing the chunk, so the caller may retry it.
+    Raises a transient error (after releasing the chunk) so that the caller retries it; every
+    other error fails the job with a one-line reason and returns ``"failed"``.
     """
     leased = claim(engine, tables, job_id, chunk_no, lease)
     if leased is None:
         return "skipped"
     try:
-        rows = read_rows(engine, tables, leased)
-        if rows.table.num_rows == 0:
-            return "done" if write(engine, tables, leased, None, rows.refused) else "fenced"
-        tag, result = client.score(rows.table)
-        if tag != leased.job["model_tag"]:
-            raise ModelMismatch(
-                f"the service now serves {tag}, but job {job_id} scores with "
-                f"{leased.job['model_tag']}; not mixing models (resubmit the job)"
+        if leased.attempt > max_attempts:
+            raise Permanent(
+                f"chunk {chunk_no} was started {leased.attempt - 1} times without finishing "
+                "(its worker died or stalled each time); see the worker logs"
             )
-    except ServiceUnavailable:
+        rows = read_rows(engine, tables, leased.job, leased.id_lo, leased.id_hi)
+        scored = _score(client, leased, rows)
+        return "done" if write(engine, tables, leased, scored) else "fenced"
+    except TRANSIENT:
         release(engine, tables, leased)
         raise
-    except TRANSIENT:
-        _release_quietly(engine, tables, leased)
-        raise
-    except ScoreboxError as exc:
-        fail(engine, tables, leased, str(exc))
-        return "failed"
     except Exception as exc:
-        # A bug, not a passing fault: record it on the job instead of retrying forever.
-        log.exception("chunk %s/%s failed", job_id, chunk_no)
-        fail(engine, tables, leased, f"internal error: {exc!r}")
+        reason = explain(exc, tables)
+        if not isinstance(exc, ScoreboxError | DBAPIError):
+            log.exception("chunk %s/%s failed", job_id, chunk_no)
+        fail(engine, tables, job_id, chunk_no, reason)
         return "failed"
-    try:
-        return "done" if write(engine, tables, leased, result, rows.refused) else "fenced"
-    except TRANSIENT:
-        _release_quietly(engine, tables, leased)
-        raise
 
 
-def _release_quietly(engine: Engine, tables: Tables, leased: Claim) -> None:
-    """Release after a database error; if the database is still away, the lease expires and the
-    sweeper queues the chunk again."""
+def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
+    """The chunk's predictions; rows the service refuses (4xx about the rows) become failed rows
+    with its reason, never a retry."""
+    if not rows.keys:
+        return Scored({"row_id": []}, [])
     try:
-        release(engine, tables, leased)
-    except TRANSIENT:
-        log.warning(
-            "chunk %s/%s: could not release, lease will expire", leased.job_id, leased.chunk_no
+        tag, result = client.score(rows.table)
+    except ServiceRefused as exc:
+        if not exc.rows_at_fault:
+            raise Permanent(str(exc)) from None
+        return Scored({"row_id": []}, [(key, str(exc)) for key in rows.keys])
+    if tag != leased.job["model_tag"]:
+        raise Permanent(
+            f"the service now serves {tag}, but job {leased.job_id} scores with "
+            f"{leased.job['model_tag']}; not mixing models (resubmit the job)"
         )
+    return predictions_of(rows.keys, result)

@@ -18,7 +18,13 @@ class ServiceUnavailable(ScoreboxError):
 
 
 class ServiceRefused(ScoreboxError):
-    """The service refused the request (4xx): retrying will not help."""
+    """The service refused the request (4xx): retrying will not help. ``rows_at_fault`` when the
+    refusal is about the rows sent (400, 422), not about the set-up (token, URL, size limits)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.rows_at_fault = status in (400, 422)
 
 
 class ServiceClient:
@@ -51,10 +57,17 @@ class ServiceClient:
                 f"service at {self.base_url} answered {response.status_code}: {response.text[:200]}"
             )
         if response.status_code == 401:
-            raise ServiceRefused("service refused the token (SCOREBOX_API_TOKEN)")
+            raise ServiceRefused("service refused the token (SCOREBOX_API_TOKEN)", 401)
+        if response.status_code == 413:
+            raise ServiceRefused(
+                f"service refused a batch as too large: {_reason(response)}; lower "
+                "SCOREBOX_CHUNK_SIZE or raise the service's limits",
+                413,
+            )
         if response.status_code >= 400:
             raise ServiceRefused(
-                f"service answered {response.status_code} to {path}: {response.text[:500]}"
+                f"service answered {response.status_code} to {path}: {_reason(response)}",
+                response.status_code,
             )
         return response
 
@@ -64,7 +77,8 @@ class ServiceClient:
         return described
 
     def score(self, batch: pa.Table) -> tuple[str, pa.Table]:
-        """Score an Arrow table (``id`` and the features); return the model tag and the result."""
+        """Score an Arrow table of the model's feature columns; return the model tag and the
+        result, one row for each row sent, in order."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_table(batch)
@@ -76,3 +90,13 @@ class ServiceClient:
         )
         tag = response.headers.get("x-scorebox-model", "")
         return tag, pa.ipc.open_stream(response.content).read_all()
+
+
+def _reason(response: httpx.Response) -> str:
+    """The service's own explanation of a refusal, on one line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    reason = str(body["error"]) if isinstance(body, dict) and "error" in body else response.text
+    return " ".join(reason.split())[:500]

@@ -1,6 +1,9 @@
-"""Jobs: submitting (planning chunks by id range), cancelling, resuming and reading them.
+"""Jobs: submitting (checking the table, planning chunks by key order), cancelling, resuming and
+reading them. Plain functions over an engine; Celery only enters through the ``enqueue`` callable.
 
-Plain functions over a connection or engine; Celery only enters through the ``enqueue`` callable.
+Lock order, everywhere a transaction takes more than one kind of row lock (writing a chunk,
+claiming, cancelling, resuming, failing): prediction rows (in key order), then chunk rows (in
+chunk order), then the job row. Keeping to it is what makes cancel safe against live workers.
 """
 
 from __future__ import annotations
@@ -9,68 +12,109 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, and_, exists, func, select, true, update
+from sqlalchemy import Engine, Table, func, select, text, true, update
 from sqlalchemy.engine import Connection
 
-from scorebox.db import (
-    CHUNKS_TABLE,
-    FAILED_ROWS_TABLE,
-    JOBS_TABLE,
-    build_metadata,
-    predictions_table,
-    reflect_table,
-    utcnow,
-)
+from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import DataError, ScoreboxError
-from scorebox.settings import Settings, check_identifier
+from scorebox.features import KeyKind, resolve_key
+from scorebox.names import TableName, require_column, resolve_table
+from scorebox.settings import Settings
 from worker.client import ServiceClient
+from worker.reading import read_as, unscored
 
 log = logging.getLogger(__name__)
 
 MODES = ("all", "new")
 ACTIVE = ("queued", "running")
-Enqueue = Callable[[int, int], None]
+# A job that scored every row it could; "succeeded_with_errors" when some rows failed.
+FINISHED_OK = ("succeeded", "succeeded_with_errors")
+Enqueue = Callable[[int, int, str], None]
 
 
-class Tables:
-    """scorebox's own tables for ``settings``."""
-
-    def __init__(self, settings: Settings) -> None:
-        metadata = build_metadata(settings.predictions_table)
-        self.jobs = metadata.tables[JOBS_TABLE]
-        self.chunks = metadata.tables[CHUNKS_TABLE]
-        self.failed = metadata.tables[FAILED_ROWS_TABLE]
-        self.predictions = predictions_table(metadata, settings.predictions_table)
-
-
-def unscored(source: Table, id_column: str, predictions: Table, model_tag: str) -> Any:
-    """SQL condition: the row has no prediction for ``model_tag`` yet."""
-    return ~exists().where(
-        and_(predictions.c.row_id == source.c[id_column], predictions.c.model_tag == model_tag)
-    )
-
-
-def _plan(
-    conn: Connection, source: Table, id_column: str, size: int, where: Any
-) -> list[tuple[int, int]]:
-    """Chunk id ranges of ``size`` rows each (keyset boundaries, not OFFSET)."""
+def _check_keys(conn: Connection, source: Table, name: TableName, id_column: str) -> None:
+    """Refuse a key column with NULLs or repeated values (a unique NOT NULL column is trusted)."""
     ids = source.c[id_column]
-    numbered = select(ids.label("id"), func.row_number().over(order_by=ids).label("n")).where(where)
-    numbered_sub = numbered.subquery()
-    starts = [
-        row[0]
-        for row in conn.execute(
-            select(numbered_sub.c.id)
-            .where((numbered_sub.c.n - 1) % size == 0)
-            .order_by(numbered_sub.c.id)
+    if (
+        conn.dialect.name == "postgresql"
+        and conn.execute(
+            text(
+                "SELECT 1 FROM pg_index i JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE i.indrelid = CAST(:table AS regclass) AND i.indisunique "
+                "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = :column "
+                "AND a.attnotnull"
+            ),
+            {"table": _regclass(conn, name), "column": id_column},
+        ).first()
+    ):
+        return
+    nulls = conn.execute(select(func.count()).select_from(source).where(ids.is_(None))).scalar_one()
+    if nulls:
+        raise DataError(
+            f"id column {id_column!r} of {str(name)!r} is NULL in {nulls} row(s); every row "
+            "needs an id (or set SCOREBOX_ID_COLUMN to a unique column)"
+        )
+    repeated = conn.execute(
+        select(ids, func.count()).group_by(ids).having(func.count() > 1).limit(3)
+    ).all()
+    if repeated:
+        shown = ", ".join(f"{value!r} ({count} times)" for value, count in repeated)
+        raise DataError(
+            f"id column {id_column!r} of {str(name)!r} is not unique: {shown}; predictions are "
+            "keyed by id, so set SCOREBOX_ID_COLUMN to a unique column"
+        )
+
+
+def _regclass(conn: Connection, name: TableName) -> str:
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    return ".".join(quote(part) for part in (name.schema, name.name) if part is not None)
+
+
+def plan(
+    conn: Connection, source: Table, id_column: str, size: int, where: Any
+) -> list[tuple[Any, Any, int]]:
+    """Chunks of ``size`` rows in key order: (first key, last key, rows), without OFFSET."""
+    ids = source.c[id_column]
+    numbered = (
+        select(ids.label("id"), ((func.row_number().over(order_by=ids) - 1) // size).label("n"))
+        .where(where)
+        .subquery()
+    )
+    return [
+        (lo, hi, rows)
+        for lo, hi, rows in conn.execute(
+            select(func.min(numbered.c.id), func.max(numbered.c.id), func.count())
+            .group_by(numbered.c.n)
+            .order_by(numbered.c.n)
         )
     ]
-    if not starts:
-        return []
-    last = conn.execute(select(func.max(ids)).where(where)).scalar_one()
-    return [
-        (lo, (starts[i + 1] - 1) if i + 1 < len(starts) else last) for i, lo in enumerate(starts)
-    ]
+
+
+def max_failed(limit: str | None, rows: int) -> int | None:
+    """``--max-failed-rows``: a count (``100``), a fraction (``0.01``) or a percentage (``1%``)
+    of the job's rows, as a number of rows; ``None`` means no limit."""
+    if limit is None:
+        return None
+    text_value = limit.strip()
+    try:
+        if text_value.endswith("%"):
+            share = float(text_value[:-1]) / 100
+        elif "." in text_value:
+            share = float(text_value)
+        else:
+            count = int(text_value)
+            if count < 0:
+                raise ValueError
+            return count
+    except ValueError:
+        raise ScoreboxError(
+            f"--max-failed-rows {limit!r}: give a count (100), a fraction (0.01) or a "
+            "percentage (1%)"
+        ) from None
+    if not 0 <= share <= 1:
+        raise ScoreboxError(f"--max-failed-rows {limit!r}: a share must be between 0 and 1")
+    return int(share * rows)
 
 
 def submit_job(
@@ -82,105 +126,145 @@ def submit_job(
     table: str | None = None,
     model_tag: str | None = None,
     mode: str = "all",
+    max_failed_rows: str | None = None,
 ) -> int:
-    """Record a job and its chunks, queue the chunks, and return the job id."""
+    """Check the table against the served model, record a job and its chunks, queue the chunks
+    and return the job id."""
     if mode not in MODES:
         raise ScoreboxError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    table_name = check_identifier(table or settings.feature_table, "table name")
     described = client.describe()
     served = str(described["tag"])
-    if model_tag is not None and model_tag != served:
+    if model_tag is not None and _resolve_tag(model_tag) != served:
         raise ScoreboxError(
             f"the service at {client.base_url} serves {served}, not {model_tag}; "
             "serve that model (SCOREBOX_MODEL_TAG) or score with the served one"
         )
-    features: list[str] = list(described["features"])
-    tables = Tables(settings)
+    tables = Tables.build(settings.predictions_table)
     with engine.begin() as conn:
-        source = reflect_table(conn, table_name)
-        missing = [c for c in [settings.id_column, *features] if c not in source.c]
-        if missing:
-            raise DataError(
-                f"table {table_name!r} lacks column(s) that model {served} needs: "
-                + ", ".join(missing)
-            )
+        name = resolve_table(conn, table or settings.feature_table, "--table")
+        source = reflect(conn, name)
+        columns = [str(c.name) for c in source.columns]
+        key_kind: KeyKind = resolve_key(source, name, settings.id_column)
+        for feature in described["features"]:
+            require_column(feature["name"], columns, name, f"a feature of model {served}")
+        features = [
+            {
+                "name": f["name"],
+                "kind": f["kind"],
+                "read": read_as(f["kind"], source.c[f["name"]].type),
+            }
+            for f in described["features"]
+        ]
+        _check_keys(conn, source, name, settings.id_column)
         where = (
-            unscored(source, settings.id_column, tables.predictions, served)
+            unscored(source, settings.id_column, tables.predictions, str(name), served)
             if mode == "new"
             else true()
         )
-        total = conn.execute(select(func.count()).select_from(source).where(where)).scalar_one()
-        ranges = _plan(conn, source, settings.id_column, settings.chunk_size, where)
+        chunks = plan(conn, source, settings.id_column, settings.chunk_size, where)
+        total = sum(rows for _, _, rows in chunks)
         job_id = conn.execute(
             tables.jobs.insert()
             .values(
-                table_name=table_name,
+                table_name=str(name),
                 model_tag=served,
                 mode=mode,
-                status="queued" if ranges else "succeeded",
+                status="queued" if chunks else "succeeded",
                 rows_total=total,
                 id_column=settings.id_column,
                 features=features,
                 chunk_size=settings.chunk_size,
-                chunks_total=len(ranges),
-                finished_at=None if ranges else utcnow(),
+                chunks_total=len(chunks),
+                finished_at=None if chunks else utcnow(),
+                key_kind=key_kind,
+                queue=settings.queue_name,
+                max_failed_rows=max_failed(max_failed_rows, total),
             )
             .returning(tables.jobs.c.id)
         ).scalar_one()
-        if ranges:
+        if chunks:
             conn.execute(
                 tables.chunks.insert(),
                 [
-                    {"job_id": job_id, "chunk_no": n, "id_lo": lo, "id_hi": hi}
-                    for n, (lo, hi) in enumerate(ranges)
+                    {"job_id": job_id, "chunk_no": n, "id_lo": str(lo), "id_hi": str(hi)}
+                    for n, (lo, hi, _) in enumerate(chunks)
                 ],
             )
-    for n in range(len(ranges)):
-        enqueue(job_id, n)
-    log.info("job %s: %s rows of %s in %s chunks", job_id, total, table_name, len(ranges))
+    for n in range(len(chunks)):
+        enqueue(job_id, n, settings.queue_name)
+    log.info("job %s: %s rows of %s in %s chunks", job_id, total, name, len(chunks))
     return int(job_id)
 
 
+def _resolve_tag(tag: str) -> str:
+    """``name:version`` for a tag that may say ``latest`` (looked up in the model store)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    if not tag.endswith(":latest"):
+        return tag
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound:
+        return tag
+
+
 def fail_job(conn: Connection, tables: Tables, job_id: int, error: str) -> None:
-    """Mark an active job failed with ``error``; what its chunks wrote stays."""
+    """Mark an active job failed with ``error`` (one line); what its chunks wrote stays."""
     conn.execute(
         update(tables.jobs)
         .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-        .values(status="failed", error=error, finished_at=utcnow())
+        .values(status="failed", error=" ".join(error.split()), finished_at=utcnow())
     )
+
+
+def _lock_chunks(conn: Connection, tables: Tables, job_id: int) -> None:
+    """Lock a job's unfinished chunks in chunk order (see the lock order above)."""
+    chunks = tables.chunks
+    conn.execute(
+        select(chunks.c.chunk_no)
+        .where(chunks.c.job_id == job_id, chunks.c.status != "done")
+        .order_by(chunks.c.chunk_no)
+        .with_for_update()
+    ).all()
 
 
 def cancel_job(engine: Engine, settings: Settings, job_id: int) -> bool:
     """Stop a queued or running job; chunks not yet written are not written. True if cancelled."""
-    tables = Tables(settings)
+    tables = Tables.build(settings.predictions_table)
     get_job(engine, settings, job_id)
     with engine.begin() as conn:
-        done = conn.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="cancelled", finished_at=utcnow(), error="cancelled by user")
-        ).rowcount
+        _lock_chunks(conn, tables, job_id)
         conn.execute(
             update(tables.chunks)
             .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
             .values(status="cancelled", lease_token=None, updated_at=utcnow())
         )
+        done = conn.execute(
+            update(tables.jobs)
+            .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
+            .values(status="cancelled", finished_at=utcnow(), error="cancelled by user")
+        ).rowcount
     return bool(done)
 
 
 def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int) -> int:
     """Queue again every chunk of a failed, cancelled or stalled job that is not done; return how
     many. Chunks already written are kept, so nothing is scored twice."""
-    tables = Tables(settings)
-    if get_job(engine, settings, job_id)["status"] == "succeeded":
+    tables = Tables.build(settings.predictions_table)
+    job = get_job(engine, settings, job_id)
+    if job["status"] in FINISHED_OK:
         return 0
     with engine.begin() as conn:
+        _lock_chunks(conn, tables, job_id)
         chunks = [
             row[0]
             for row in conn.execute(
                 update(tables.chunks)
                 .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
-                .values(status="pending", lease_token=None, error=None, updated_at=utcnow())
+                .values(
+                    status="pending", lease_token=None, error=None, attempt=0, updated_at=utcnow()
+                )
                 .returning(tables.chunks.c.chunk_no)
             )
         ]
@@ -190,13 +274,15 @@ def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int
             .values(status="running" if chunks else "succeeded", error=None, finished_at=None)
         )
     for n in chunks:
-        enqueue(job_id, n)
+        enqueue(job_id, n, job["queue"])
     return len(chunks)
 
 
 def get_job(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
     """A job's row, or a ScoreboxError naming the missing id."""
-    jobs = Tables(settings).jobs
+    jobs = Tables.build(settings.predictions_table).jobs
+    if not 0 < job_id < 2**31:
+        raise ScoreboxError(f"no job with id {job_id}")
     with engine.connect() as conn:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
     if row is None:
@@ -206,7 +292,7 @@ def get_job(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
 
 def list_jobs(engine: Engine, settings: Settings, limit: int = 20) -> Sequence[dict[str, Any]]:
     """The newest jobs first."""
-    jobs = Tables(settings).jobs
+    jobs = Tables.build(settings.predictions_table).jobs
     with engine.connect() as conn:
         rows = conn.execute(select(jobs).order_by(jobs.c.id.desc()).limit(limit)).mappings()
         return [dict(r) for r in rows]
@@ -215,8 +301,8 @@ def list_jobs(engine: Engine, settings: Settings, limit: int = 20) -> Sequence[d
 def failed_rows(
     engine: Engine, settings: Settings, job_id: int, limit: int = 20
 ) -> list[dict[str, Any]]:
-    """Rows of a job the service refused, with the reason."""
-    failed = Tables(settings).failed
+    """Rows of a job that could not be scored, with the reason."""
+    failed = Tables.build(settings.predictions_table).failed
     with engine.connect() as conn:
         rows = conn.execute(
             select(failed.c.row_id, failed.c.reason)

@@ -1,35 +1,45 @@
-"""Celery tasks: thin wrappers (ids in, never rows) around the plain functions in jobs/chunks."""
+"""Celery tasks: thin wrappers (ids in, never rows) around the plain functions in jobs/chunks,
+and the sweeper thread every worker process runs."""
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import timedelta
-from functools import cache
+import os
+import time
+from typing import Any
 
 from celery import Task
-from sqlalchemy import Engine, or_, select, update
+from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy import Engine
 
-from scorebox.db import make_engine, utcnow
+from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
-from worker.celery_app import SCORE_CHUNK, app
+from worker.celery_app import SCORE_CHUNK, app, chunk_sender
 from worker.chunks import TRANSIENT, run_chunk
-from worker.client import ServiceClient, ServiceUnavailable
-from worker.jobs import ACTIVE, Tables, fail_job, submit_job
+from worker.client import ServiceClient
+from worker.jobs import fail_job, submit_job
+from worker.sweeper import Sweeper, sweep
 
 log = logging.getLogger(__name__)
 
+_contexts: dict[int, tuple[Settings, Engine, Tables, ServiceClient]] = {}
 
-@cache
+
 def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
-    """Per worker process (created after the fork): settings, engine, tables, service client."""
-    settings = get_settings()
-    client = ServiceClient.from_settings(settings)
-    return settings, make_engine(settings.database_url), Tables(settings), client
-
-
-def enqueue_chunk(job_id: int, chunk_no: int) -> None:
-    """Queue one chunk of a job."""
-    score_chunk.delay(job_id, chunk_no)
+    """Per process (pool children are forked after the parent may have built its own):
+    settings, engine, tables, service client."""
+    pid = os.getpid()
+    if pid not in _contexts:
+        settings = get_settings()
+        _contexts[pid] = (
+            settings,
+            make_engine(settings.database_url),
+            Tables.build(settings.predictions_table),
+            ServiceClient.from_settings(settings),
+        )
+    return _contexts[pid]
 
 
 @app.task(
@@ -41,54 +51,81 @@ def enqueue_chunk(job_id: int, chunk_no: int) -> None:
     soft_time_limit=600,
     time_limit=660,
 )
-def score_chunk(self: Task, job_id: int, chunk_no: int) -> str:
-    """Score chunk ``chunk_no`` of job ``job_id``; retry with backoff while the service is down."""
+def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
+    """Score chunk ``chunk_no`` of job ``job_id``; retry with backoff on transient errors."""
     settings, engine, tables, client = _context()
+    if queue != settings.queue_name:
+        # Not this deployment's work: drop the message without touching the job; the right
+        # deployment's sweeper sends the chunk again.
+        log.error(
+            "chunk %s/%s is for queue %s, not %s: refused",
+            job_id,
+            chunk_no,
+            queue,
+            settings.queue_name,
+        )
+        raise Reject(f"chunk for queue {queue}", requeue=False)
     try:
         outcome = run_chunk(engine, tables, client, job_id, chunk_no, settings.chunk_lease_seconds)
-    except (ServiceUnavailable, *TRANSIENT) as exc:
+    except TRANSIENT as exc:
         retries = self.request.retries
+        reason = " ".join(str(exc).split())[:300]
         if retries >= settings.service_retries:
             with engine.begin() as conn:
-                fail_job(conn, tables, job_id, f"gave up after {retries} retries: {exc}")
+                fail_job(conn, tables, job_id, f"gave up after {retries} retries: {reason}")
             return "failed"
         delay = min(2**retries, 30)
-        log.warning("chunk %s/%s: %s; retry %s in %ss", job_id, chunk_no, exc, retries + 1, delay)
+        log.warning(
+            "chunk %s/%s: %s; retry %s in %ss", job_id, chunk_no, reason, retries + 1, delay
+        )
         raise self.retry(countdown=delay) from None
     log.info("chunk %s/%s: %s", job_id, chunk_no, outcome)
     return outcome
 
 
-@app.task(name="scorebox.sweep")
-def sweep() -> int:
-    """Queue again the chunks of active jobs whose lease expired, or that stayed pending longer than
-    a lease (their message was lost: a killed worker, a restarted Redis)."""
-    settings, engine, tables, _ = _context()
-    chunks, jobs = tables.chunks, tables.jobs
-    now = utcnow()
-    stale = now - timedelta(seconds=settings.chunk_lease_seconds)
-    with engine.begin() as conn:
-        due = conn.execute(
-            update(chunks)
-            .where(
-                chunks.c.job_id.in_(select(jobs.c.id).where(jobs.c.status.in_(ACTIVE))),
-                or_(
-                    (chunks.c.status == "running") & (chunks.c.lease_expires_at < now),
-                    (chunks.c.status == "pending") & (chunks.c.updated_at < stale),
-                ),
-            )
-            .values(updated_at=now)
-            .returning(chunks.c.job_id, chunks.c.chunk_no)
-        ).all()
-    for job_id, chunk_no in due:
-        enqueue_chunk(job_id, chunk_no)
-    if due:
-        log.warning("sweep: queued %d chunk(s) again", len(due))
-    return len(due)
+SCHEDULE_KEY = "scorebox:schedule:{queue}"
 
 
 @app.task(name="scorebox.score_new_rows")
-def score_new_rows() -> int:
-    """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction."""
+def score_new_rows() -> int | None:
+    """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction. Its
+    outcome (job id or error) is kept in Redis, where `scorebox jobs list` shows it."""
     settings, engine, _, client = _context()
-    return submit_job(engine, settings, client, enqueue_chunk, mode="new")
+    outcome: dict[str, Any] = {"at": time.time()}
+    try:
+        job_id = submit_job(engine, settings, client, chunk_sender(app), mode="new")
+        outcome |= {"job_id": job_id}
+    except Exception as exc:
+        log.exception("scheduled job failed")
+        outcome |= {"error": " ".join(str(exc).split())[:500]}
+        job_id = None
+    with app.connection_for_write() as connection:
+        connection.default_channel.client.set(
+            SCHEDULE_KEY.format(queue=settings.queue_name), json.dumps(outcome)
+        )
+    return job_id
+
+
+_sweepers: list[Sweeper] = []
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Every worker sweeps (one at a time per deployment), so recovery needs no beat."""
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    tables = Tables.build(settings.predictions_table)
+    send = chunk_sender(app)
+
+    def sweep_once() -> int:
+        return sweep(engine, tables, settings.queue_name, settings.chunk_lease_seconds, send)
+
+    sweeper = Sweeper(sweep_once, settings.sweep_seconds)
+    sweeper.start()
+    _sweepers.append(sweeper)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    for sweeper in _sweepers:
+        sweeper.stop()

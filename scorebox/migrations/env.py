@@ -2,14 +2,14 @@
 
 from alembic import context
 
-from scorebox.db import build_metadata
+from scorebox.db import Tables
 from scorebox.migrate import VERSION_TABLE
 
 config = context.config
 connection = config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=build_metadata(config.attributes["predictions_table"]),
+    target_metadata=Tables.build(config.attributes["predictions_table"]).metadata,
     version_table=VERSION_TABLE,
     render_as_batch=connection.dialect.name == "sqlite",
 )

@@ -6,7 +6,8 @@ Revision ID: 0001
 import sqlalchemy as sa
 from alembic import context, op
 
-from scorebox.db import JOBS_TABLE, split_name
+from scorebox.db import JOBS_TABLE
+from scorebox.names import parse_table
 
 revision = "0001"
 down_revision = None
@@ -15,7 +16,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    schema, name = split_name(context.config.attributes["predictions_table"])
+    table = parse_table(context.config.attributes["predictions_table"])
+    schema, name = table.schema, table.name
     op.create_table(
         name,
         sa.Column("row_id", sa.BigInteger, primary_key=True, autoincrement=False),
@@ -56,6 +58,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema, name = split_name(context.config.attributes["predictions_table"])
+    table = parse_table(context.config.attributes["predictions_table"])
+    schema, name = table.schema, table.name
     op.drop_table(JOBS_TABLE)
     op.drop_table(name, schema=schema)

@@ -1,0 +1,131 @@
+"""The ``/predict`` body: ``{"records": [...]}`` (or one record object), read with bounded work.
+
+Before the JSON is decoded, its shape is bounded: records are flat objects, so a body may hold
+at most one ``{`` per record (plus the wrapper) and one ``,`` per field. A cheap count of both
+characters settles almost every body; only one with more of them than the limits allow (they
+may sit inside strings) is scanned token by token, stopping as soon as a limit is passed.
+Validation keeps the first few errors and counts the rest, so a small body can never make the
+service build millions of objects or messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from scorebox.encoding import ValueProblem, bool_value, days_value, number_value
+from scorebox.features import Feature
+
+# Errors spelled out in one answer; the rest are counted.
+MAX_ERRORS_SHOWN = 20
+# A JSON string, or a character that opens an object or separates values.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{,]', re.DOTALL)
+
+
+class BodyProblem(ValueError):
+    """The body cannot be read as JSON records; ``status`` is the HTTP answer it deserves."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _too_big(body: bytes, max_objects: int, max_commas: int) -> bool:
+    """True when the body has more objects or values than ``max_records`` records can hold."""
+    if body.count(b"{") <= max_objects and body.count(b",") <= max_commas:
+        return False
+    objects = commas = 0
+    for match in _TOKENS.finditer(body):
+        token = match.group()
+        if token == b"{":
+            objects += 1
+        elif token == b",":
+            commas += 1
+        if objects > max_objects or commas > max_commas:
+            return True
+    return False
+
+
+def _check_value(feature: Feature, value: Any) -> None:
+    """Raise ValueProblem when ``value`` is not a JSON value of the feature's kind."""
+    if feature.kind == "number":
+        number_value(value)
+    elif feature.kind == "bool":
+        bool_value(value)
+    elif feature.kind == "category":
+        if value is not None and not isinstance(value, str):
+            raise ValueProblem("expected text or null")
+    else:
+        days_value(value)
+
+
+def _problems(
+    record: Any, features: Sequence[Feature], names: set[str]
+) -> Iterator[tuple[str, str]]:
+    """(field, problem) for everything wrong with one record; messages are built only for the
+    problems an answer shows."""
+    if not isinstance(record, dict):
+        yield "", "expected an object of feature values"
+        return
+    for feature in features:
+        if feature.name not in record:
+            yield f".{feature.name}", "Field required"
+            continue
+        try:
+            _check_value(feature, record[feature.name])
+        except ValueProblem as exc:
+            yield f".{feature.name}", str(exc)
+    if len(record) + sum(f.name not in record for f in features) > len(features):
+        for key in record:
+            if key not in names:
+                yield f".{key}", "not a feature of this model"
+
+
+def parse_records(
+    body: bytes, features: Sequence[Feature], max_records: int
+) -> list[dict[str, Any]]:
+    """The records of a ``/predict`` body, every value checked against its feature's kind.
+
+    Raises BodyProblem: 400 for a body that is not JSON, 413 for more records (or values) than
+    the limit allows, 422 naming the record index and field of the first errors (and how many
+    more there were).
+    """
+    if _too_big(body, max_records + 1, max_records * (len(features) + 1)):
+        raise BodyProblem(_limit_message(max_records, "more than"), 413)
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BodyProblem(f"malformed JSON body: {exc}", 400) from None
+    if not isinstance(decoded, dict) or "records" not in decoded:
+        raise BodyProblem('body: expected {"records": [...]}; records: Field required', 422)
+    extra = [key for key in decoded if key != "records"]
+    if extra:
+        raise BodyProblem(f"body.{extra[0]}: unknown field (send only records)", 422)
+    records = decoded["records"]
+    if isinstance(records, dict):
+        records = [records]
+    if not isinstance(records, list) or not records:
+        raise BodyProblem("records: expected a non-empty list of objects (or one object)", 422)
+    if len(records) > max_records:
+        raise BodyProblem(_limit_message(max_records, str(len(records))), 413)
+    names = {f.name for f in features}
+    shown: list[str] = []
+    total = 0
+    for index, record in enumerate(records):
+        for field, problem in _problems(record, features, names):
+            total += 1
+            if len(shown) < MAX_ERRORS_SHOWN:
+                shown.append(f"records[{index}]{field}: {problem}")
+    if total:
+        more = f" (and {total - len(shown)} more)" if total > len(shown) else ""
+        raise BodyProblem(f"{total} invalid field(s): {'; '.join(shown)}{more}", 422)
+    return records
+
+
+def _limit_message(limit: int, count: str) -> str:
+    return (
+        f"{count} records in one request; the limit is {limit} (SCOREBOX_SERVICE_MAX_RECORDS): "
+        "split the request or use /v1/predict/arrow"
+    )
