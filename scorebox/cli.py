@@ -76,7 +76,9 @@ def _metrics(metrics: dict[str, float], undefined: dict[str, str] | None = None)
     return ", ".join(shown + [f"{name} undefined" for name in undefined or {}])
 
 
-def _seed(settings: Settings, engine: Engine, rows: int | None) -> None:
+def _seed(
+    settings: Settings, engine: Engine, rows: int | None, example: str = "breast_cancer"
+) -> None:
     from scorebox.seed import seed as seed_table
 
     with Progress(
@@ -95,6 +97,7 @@ def _seed(settings: Settings, engine: Engine, rows: int | None) -> None:
                 id_column=settings.id_column,
                 target_column=settings.target_column,
                 rows=rows,
+                example=example,
                 on_batch=lambda n: progress.advance(task, n),
             )
     console.print(f"{inserted:,} rows inserted into {settings.feature_table}")
@@ -105,12 +108,19 @@ def _seed(settings: Settings, engine: Engine, rows: int | None) -> None:
 def seed(
     rows: Annotated[
         int | None,
-        typer.Option(help="Generate this many synthetic rows instead of the example data."),
+        typer.Option(help="Generate this many rows like the example's instead of the example."),
     ] = None,
+    example: Annotated[
+        str,
+        typer.Option(
+            help="breast_cancer (30 numbers, a 0/1 target) or penguins (text ids, categories, "
+            "booleans, dates, NULLs; target species)"
+        ),
+    ] = "breast_cancer",
 ) -> None:
-    """Load example data into SCOREBOX_FEATURE_TABLE (breast cancer data, or --rows synthetic)."""
+    """Load example data into SCOREBOX_FEATURE_TABLE."""
     settings = get_settings()
-    _seed(settings, _ready_engine(settings), rows)
+    _seed(settings, _ready_engine(settings), rows, example)
 
 
 @app.command()

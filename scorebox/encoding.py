@@ -197,6 +197,10 @@ def _plain(array: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _floats(array: pa.Array) -> np.ndarray:
+    if pa.types.is_decimal(array.type):
+        # Arrow's decimal-to-double cast is not correctly rounded (17.4 -> 17.400000000000002);
+        # its text-to-double parse is, and gives what PostgreSQL's text and Python's float give.
+        array = pc.cast(array, pa.string())
     return np.asarray(
         pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
     ).copy()

@@ -18,6 +18,9 @@ from sqlalchemy import (
     String,
     Table,
     Uuid,
+    func,
+    select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -131,16 +134,55 @@ def resolve_key(table: Table, name: TableName, id_column: str) -> KeyKind:
     return kind
 
 
-def resolve_schema(
-    conn: Connection, settings: Settings, *, table: str | None = None
-) -> FeatureSchema:
+def check_keys(conn: Connection, source: Table, name: TableName, id_column: str) -> None:
+    """Refuse an id column with NULLs or repeated values (a unique NOT NULL column is trusted):
+    predictions are keyed by it."""
+    ids = source.c[id_column]
+    if (
+        conn.dialect.name == "postgresql"
+        and conn.execute(
+            text(
+                "SELECT 1 FROM pg_index i JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE i.indrelid = CAST(:table AS regclass) AND i.indisunique "
+                "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = :column "
+                "AND a.attnotnull"
+            ),
+            {"table": _regclass(conn, name), "column": id_column},
+        ).first()
+    ):
+        return
+    nulls = conn.execute(select(func.count()).select_from(source).where(ids.is_(None))).scalar_one()
+    if nulls:
+        raise DataError(
+            f"id column {id_column!r} of {str(name)!r} is NULL in {nulls} row(s); every row "
+            "needs an id (or set SCOREBOX_ID_COLUMN to a unique column)"
+        )
+    repeated = conn.execute(
+        select(ids, func.count()).group_by(ids).having(func.count() > 1).limit(3)
+    ).all()
+    if repeated:
+        shown = ", ".join(f"{value!r} ({count} times)" for value, count in repeated)
+        raise DataError(
+            f"id column {id_column!r} of {str(name)!r} is not unique: {shown}; predictions are "
+            "keyed by id, so set SCOREBOX_ID_COLUMN to a unique column"
+        )
+
+
+def _regclass(conn: Connection, name: TableName) -> str:
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    return ".".join(quote(part) for part in (name.schema, name.name) if part is not None)
+
+
+def resolve_schema(conn: Connection, settings: Settings) -> FeatureSchema:
     """Check the configured table and columns against the database and sort the columns into
     features (by kind) and columns left out (with the reason)."""
-    name = resolve_table(conn, table or settings.feature_table, "SCOREBOX_FEATURE_TABLE")
+    name = resolve_table(conn, settings.feature_table, "SCOREBOX_FEATURE_TABLE")
     source = reflect(conn, name)
     columns = {str(c.name): c for c in source.columns}
     names = list(columns)
     id_kind = resolve_key(source, name, settings.id_column)
+    check_keys(conn, source, name, settings.id_column)
     require_column(settings.target_column, names, name, "SCOREBOX_TARGET_COLUMN")
     if settings.id_column == settings.target_column:
         raise DataError("SCOREBOX_ID_COLUMN and SCOREBOX_TARGET_COLUMN name the same column")

@@ -1,26 +1,43 @@
-"""`scorebox seed`: the example feature table (scikit-learn's breast cancer data, or a synthetic
-table of the same shape for load tests). The only place that knows the example data set."""
+"""`scorebox seed`: example feature tables. The only place that knows the example data sets.
+
+- ``breast_cancer`` (the default): scikit-learn's breast cancer data, 30 numbers and a 0/1
+  target; with ``rows``, synthetic rows of the same shape for load tests.
+- ``penguins``: the Palmer penguins (the ``palmerpenguins`` package), a mixed-type table as
+  people have them: text ids, categories, booleans, dates, timestamps, free text, NULLs and
+  column names with spaces and capitals; with ``rows``, resampled penguins.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.datasets import load_breast_cancer
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Date,
+    DateTime,
     Double,
     Integer,
     MetaData,
+    Numeric,
+    SmallInteger,
+    String,
     Table,
+    Text,
     inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import TypeEngine
 
 from scorebox.errors import DataError
 from scorebox.names import parse_table
@@ -67,20 +84,94 @@ def synthetic_batches(rows: int, random_state: int = 0) -> Iterator[pd.DataFrame
         yield batch
 
 
-def _table(name: str, features: list[str], id_column: str, target_column: str) -> Table:
-    parsed = parse_table(name)
-    return Table(
-        parsed.name,
-        MetaData(),
-        Column(id_column, BigInteger, primary_key=True, autoincrement=False),
-        *(Column(feature, Double, nullable=True) for feature in features),
-        Column(target_column, Integer, nullable=True),
-        schema=parsed.schema,
-    )
+# The penguins table: column name -> SQL type ("id" and "target" are renamed as configured).
+PENGUIN_COLUMNS: dict[str, TypeEngine[Any]] = {
+    "id": Text(),
+    "Island": String(16),
+    "Bill Length (mm)": Double(),
+    "Bill Depth (mm)": Numeric(5, 1),
+    "Flipper Length (mm)": Integer(),
+    "Body Mass (g)": BigInteger(),
+    "Sex": String(8),
+    "Is Male": Boolean(),
+    "Year": SmallInteger(),
+    "Seen On": Date(),
+    "Weighed At": DateTime(timezone=True),
+    "Field Notes": Text(),
+    "target": Text(),
+}
+_WORDS = ("calm", "moulting", "nesting", "tagged", "shy", "curious", "loud", "banded")
 
 
-def _rename(frame: pd.DataFrame, id_column: str, target_column: str) -> pd.DataFrame:
-    return frame.rename(columns={"id": id_column, "target": target_column})
+def penguin_batches(rows: int | None = None, random_state: int = 0) -> Iterator[pd.DataFrame]:
+    """The 344 Palmer penguins, or ``rows`` penguins resampled from them (measurements jittered),
+    with a visit date and time, a free-text note and an id like ``P-0000042``."""
+    from palmerpenguins import load_penguins
+
+    real = load_penguins()
+    total = len(real) if rows is None else rows
+    for start in range(0, total, _BATCH_ROWS):
+        n = min(_BATCH_ROWS, total - start)
+        rng = np.random.default_rng([random_state, start])
+        picked = real if rows is None else real.iloc[rng.integers(0, len(real), n)]
+        picked = picked.reset_index(drop=True)
+        numbers = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+        if rows is not None:
+            scale = picked[numbers].std().to_numpy() * 0.05
+            picked[numbers] = picked[numbers] + rng.normal(0, 1, (n, 4)) * scale
+        index = np.arange(start, start + n)
+        years = picked["year"].to_numpy()
+        seen = [
+            date(int(y), 1 + int(i) % 12, 1 + int(i) % 28)
+            for y, i in zip(years, index, strict=True)
+        ]
+        frame = pd.DataFrame(
+            {
+                "id": [f"P-{i + 1:07d}" for i in index],
+                "Island": picked["island"],
+                "Bill Length (mm)": picked["bill_length_mm"].round(2),
+                "Bill Depth (mm)": picked["bill_depth_mm"].round(1),
+                "Flipper Length (mm)": picked["flipper_length_mm"].round().astype("Int64"),
+                "Body Mass (g)": picked["body_mass_g"].round().astype("Int64"),
+                "Sex": picked["sex"],
+                "Is Male": picked["sex"].map({"male": True, "female": False}),
+                "Year": years,
+                "Seen On": seen,
+                "Weighed At": [
+                    datetime(d.year, d.month, d.day, tzinfo=UTC)
+                    + timedelta(minutes=int(i) * 37 % 1440)
+                    for d, i in zip(seen, index, strict=True)
+                ],
+                "Field Notes": [
+                    f"#{i + 1}: {_WORDS[int(i) % len(_WORDS)]} {s} near {isl}"
+                    for i, s, isl in zip(index, picked["species"], picked["island"], strict=True)
+                ],
+                "target": picked["species"],
+            }
+        )
+        yield frame
+
+
+@dataclass(frozen=True)
+class _Example:
+    columns: Callable[[list[str]], dict[str, TypeEngine[Any]]]
+    batches: Callable[[int | None], Iterator[pd.DataFrame]]
+
+
+def _breast_cancer_columns(names: list[str]) -> dict[str, TypeEngine[Any]]:
+    features: dict[str, TypeEngine[Any]] = {
+        name: Double() for name in names if name not in ("id", "target")
+    }
+    return {"id": BigInteger(), **features, "target": Integer()}
+
+
+EXAMPLES = {
+    "breast_cancer": _Example(
+        _breast_cancer_columns,
+        lambda rows: iter([example_frame()]) if rows is None else synthetic_batches(rows),
+    ),
+    "penguins": _Example(lambda names: PENGUIN_COLUMNS, penguin_batches),
+}
 
 
 def seed(
@@ -90,6 +181,7 @@ def seed(
     id_column: str,
     target_column: str,
     rows: int | None = None,
+    example: str = "breast_cancer",
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Create ``table_name`` if needed and load the example rows; ids already there are kept.
@@ -98,16 +190,27 @@ def seed(
     """
     if rows is not None and rows < 1:
         raise DataError(f"--rows must be at least 1, got {rows}")
-    batches = iter([example_frame()]) if rows is None else synthetic_batches(rows)
-    first = _rename(next(batches), id_column, target_column)
-    features = [c for c in first.columns if c not in (id_column, target_column)]
-    table = _table(table_name, features, id_column, target_column)
+    if example not in EXAMPLES:
+        raise DataError(f"no example {example!r}; choose one of {', '.join(EXAMPLES)}")
+    renames = {"id": id_column, "target": target_column}
+    batches = (b.rename(columns=renames) for b in EXAMPLES[example].batches(rows))
+    first = next(batches)
+    types = {
+        renames.get(k, k): t for k, t in EXAMPLES[example].columns(list(first.columns)).items()
+    }
     parsed = parse_table(table_name)
-    schema, bare = parsed.schema, parsed.name
-
-    if inspect(conn).has_table(bare, schema=schema):
-        existing = {c["name"] for c in inspect(conn).get_columns(bare, schema=schema)}
-        missing = [c.name for c in table.columns if c.name not in existing]
+    table = Table(
+        parsed.name,
+        MetaData(),
+        *(
+            Column(name, kind, primary_key=name == id_column, autoincrement=False)
+            for name, kind in types.items()
+        ),
+        schema=parsed.schema,
+    )
+    if inspect(conn).has_table(parsed.name, schema=parsed.schema):
+        existing = {c["name"] for c in inspect(conn).get_columns(parsed.name, schema=parsed.schema)}
+        missing = [name for name in types if name not in existing]
         if missing:
             raise DataError(
                 f"table {table_name!r} already exists but lacks the example columns "
@@ -119,53 +222,72 @@ def seed(
         table.create(conn)
         empty = True
 
-    def renamed() -> Iterator[pd.DataFrame]:
-        yield first
-        for batch in batches:
-            yield _rename(batch, id_column, target_column)
-
-    names = [c.name for c in table.columns]
-    if conn.dialect.name == "postgresql":
-        return _seed_postgres(conn, table, names, renamed(), empty=empty, on_batch=on_batch)
-    inserted = 0
-    for batch in renamed():
-        statement = sqlite.insert(table).on_conflict_do_nothing()
-        result = conn.execute(
-            statement,
-            [{str(k): v for k, v in row.items()} for row in batch[names].to_dict("records")],
-        )
-        inserted += max(result.rowcount, 0)
-        if on_batch:
-            on_batch(len(batch))
-    return inserted
-
-
-def _seed_postgres(
-    conn: Connection,
-    table: Table,
-    names: list[str],
-    batches: Iterator[pd.DataFrame],
-    *,
-    empty: bool,
-    on_batch: Callable[[int], None] | None,
-) -> int:
-    """COPY straight into an empty table; otherwise COPY into a temporary table and insert the
-    ids that are not there yet, so seeding twice leaves one copy of each row."""
-
-    # Binary COPY needs the exact width of each column: id int8, features float8, target int4.
-    dtypes = {name: np.float64 for name in names} | {
-        names[0]: np.int64,
-        names[-1]: np.int32,
-    }
-
-    def columns() -> Iterator[list[np.ndarray]]:
-        for batch in batches:
-            yield [batch[name].to_numpy(dtype=dtypes[name]) for name in names]
+    def counted() -> Iterator[pd.DataFrame]:
+        for batch in (first, *batches):
+            yield batch
             if on_batch:
                 on_batch(len(batch))
 
+    if conn.dialect.name == "postgresql":
+        return _seed_postgres(conn, table, counted(), empty=empty)
+    inserted = 0
+    for batch in counted():
+        result = conn.execute(sqlite.insert(table).on_conflict_do_nothing(), _records(batch))
+        inserted += max(result.rowcount, 0)
+    return inserted
+
+
+def _records(batch: pd.DataFrame) -> list[dict[str, object]]:
+    """Rows as dicts of Python values, None for missing."""
+    plain = batch.astype(object).where(batch.notna(), None)
+    return [{str(k): v for k, v in row.items()} for row in plain.to_dict("records")]
+
+
+def _copy(conn: Connection, table: Table, batches: Iterator[pd.DataFrame]) -> None:
+    """COPY into ``table``: binary and built with numpy for fixed-width numbers, row by row
+    (psycopg adapting each value) for anything else."""
+    names = [c.name for c in table.columns]
+    widths = {BigInteger: np.int64, Integer: np.int32, Double: np.float64}
+    numeric = all(type(c.type) in widths for c in table.columns)
+    if numeric:
+        copy_columns(
+            conn,
+            (table.schema, table.name),
+            names,
+            ([b[n].to_numpy(dtype=widths[type(table.c[n].type)]) for n in names] for b in batches),
+        )
+        return
+    from psycopg import sql
+
+    target = sql.Identifier(*(p for p in (table.schema, table.name) if p is not None))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, names))
+    )
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for batch in batches:
+            plain = batch[names].astype(object).where(batch[names].notna(), None)
+            for row in plain.itertuples(index=False, name=None):
+                copy.write_row(row)
+
+
+def _seed_postgres(
+    conn: Connection, table: Table, batches: Iterator[pd.DataFrame], *, empty: bool
+) -> int:
+    """COPY straight into an empty table; otherwise COPY into a temporary table and insert the
+    ids that are not there yet, so seeding twice leaves one copy of each row."""
     if empty:
-        return copy_columns(conn, (table.schema, table.name), names, columns())
+        rows = 0
+
+        def counting() -> Iterator[pd.DataFrame]:
+            nonlocal rows
+            for batch in batches:
+                rows += len(batch)
+                yield batch
+
+        _copy(conn, table, counting())
+        return rows
     staging = Table(
         f"_scorebox_seed_{table.name}",
         MetaData(),
@@ -174,10 +296,11 @@ def _seed_postgres(
         postgresql_on_commit="DROP",
     )
     staging.create(conn)
-    copy_columns(conn, (None, staging.name), names, columns())
+    _copy(conn, staging, batches)
+    key = next(c.name for c in table.columns if c.primary_key)
     statement = (
         postgresql.insert(table)
-        .from_select(names, select(staging))
-        .on_conflict_do_nothing(index_elements=[names[0]])
+        .from_select([c.name for c in table.columns], select(staging))
+        .on_conflict_do_nothing(index_elements=[key])
     )
     return conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount

@@ -45,6 +45,12 @@ class ServiceClient:
         """Close the connection pool."""
         self._http.close()
 
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]

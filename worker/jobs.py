@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, text, true, update
+from sqlalchemy import Engine, Table, func, select, true, update
 from sqlalchemy.engine import Connection
 
 from scorebox.db import Tables, reflect, utcnow
-from scorebox.errors import DataError, ScoreboxError
-from scorebox.features import KeyKind, resolve_key
-from scorebox.names import TableName, require_column, resolve_table
+from scorebox.errors import ScoreboxError
+from scorebox.features import KeyKind, check_keys, resolve_key
+from scorebox.names import require_column, resolve_table
 from scorebox.settings import Settings
 from worker.client import ServiceClient
 from worker.reading import read_as, unscored
@@ -32,63 +32,35 @@ FINISHED_OK = ("succeeded", "succeeded_with_errors")
 Enqueue = Callable[[int, int, str], None]
 
 
-def _check_keys(conn: Connection, source: Table, name: TableName, id_column: str) -> None:
-    """Refuse a key column with NULLs or repeated values (a unique NOT NULL column is trusted)."""
-    ids = source.c[id_column]
-    if (
-        conn.dialect.name == "postgresql"
-        and conn.execute(
-            text(
-                "SELECT 1 FROM pg_index i JOIN pg_attribute a "
-                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-                "WHERE i.indrelid = CAST(:table AS regclass) AND i.indisunique "
-                "AND i.indnkeyatts = 1 AND i.indpred IS NULL AND a.attname = :column "
-                "AND a.attnotnull"
-            ),
-            {"table": _regclass(conn, name), "column": id_column},
-        ).first()
-    ):
-        return
-    nulls = conn.execute(select(func.count()).select_from(source).where(ids.is_(None))).scalar_one()
-    if nulls:
-        raise DataError(
-            f"id column {id_column!r} of {str(name)!r} is NULL in {nulls} row(s); every row "
-            "needs an id (or set SCOREBOX_ID_COLUMN to a unique column)"
-        )
-    repeated = conn.execute(
-        select(ids, func.count()).group_by(ids).having(func.count() > 1).limit(3)
-    ).all()
-    if repeated:
-        shown = ", ".join(f"{value!r} ({count} times)" for value, count in repeated)
-        raise DataError(
-            f"id column {id_column!r} of {str(name)!r} is not unique: {shown}; predictions are "
-            "keyed by id, so set SCOREBOX_ID_COLUMN to a unique column"
-        )
-
-
-def _regclass(conn: Connection, name: TableName) -> str:
-    quote = conn.dialect.identifier_preparer.quote_identifier
-    return ".".join(quote(part) for part in (name.schema, name.name) if part is not None)
-
-
 def plan(
     conn: Connection, source: Table, id_column: str, size: int, where: Any
 ) -> list[tuple[Any, Any, int]]:
-    """Chunks of ``size`` rows in key order: (first key, last key, rows), without OFFSET."""
+    """Chunks of ``size`` rows in key order: (first key, last key, rows), without OFFSET. Only the
+    rows that open or close a chunk are fetched (keys of any orderable type: no min/max)."""
     ids = source.c[id_column]
     numbered = (
-        select(ids.label("id"), ((func.row_number().over(order_by=ids) - 1) // size).label("n"))
+        select(
+            ids.label("id"),
+            (func.row_number().over(order_by=ids) - 1).label("n"),
+            func.count().over().label("total"),
+        )
         .where(where)
         .subquery()
     )
-    return [
-        (lo, hi, rows)
-        for lo, hi, rows in conn.execute(
-            select(func.min(numbered.c.id), func.max(numbered.c.id), func.count())
-            .group_by(numbered.c.n)
-            .order_by(numbered.c.n)
-        )
-    ]
+    n, total = numbered.c.n, numbered.c.total
+    bounds = conn.execute(
+        select(numbered.c.id, n)
+        .where((n % size == 0) | (n % size == size - 1) | (n == total - 1))
+        .order_by(n)
+    ).all()
+    chunks: list[tuple[Any, Any, int]] = []
+    for key, position in bounds:
+        if position % size == 0:
+            chunks.append((key, key, 1))
+        else:
+            first, _, _ = chunks[-1]
+            chunks[-1] = (first, key, position % size + 1)
+    return chunks
 
 
 def max_failed(limit: str | None, rows: int) -> int | None:
@@ -155,7 +127,7 @@ def submit_job(
             }
             for f in described["features"]
         ]
-        _check_keys(conn, source, name, settings.id_column)
+        check_keys(conn, source, name, settings.id_column)
         where = (
             unscored(source, settings.id_column, tables.predictions, str(name), served)
             if mode == "new"
