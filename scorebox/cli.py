@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -277,29 +278,49 @@ def _print_job(job: dict[str, Any]) -> None:
         console.print(f"error: {job['error']}", highlight=False)
 
 
+def _utc(moment: datetime) -> datetime:
+    """A stored time in UTC (SQLite gives it back without a zone: it was stored in UTC)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @jobs_app.command("list")
 @_friendly
 def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first")] = 20) -> None:
-    """List recent jobs."""
-    from rich.table import Table
-
+    """List recent jobs (tab-separated, every field whole, when the output is not a terminal)."""
+    from worker import schedule
     from worker.jobs import list_jobs
 
     settings = get_settings()
-    table = Table("id", "status", "table", "model", "mode", "scored", "failed", "total", "created")
-    for job in list_jobs(_ready_engine(settings), settings, limit):
-        table.add_row(
-            str(job["id"]),
-            job["status"],
-            job["table_name"],
-            job["model_tag"],
-            job["mode"],
-            f"{job['rows_scored']:,}",
-            f"{job['rows_failed']:,}",
-            f"{job['rows_total']:,}",
-            f"{job['created_at']:%Y-%m-%d %H:%M:%S}",
-        )
-    console.print(table)
+    jobs = list_jobs(_ready_engine(settings), settings, limit)
+    if not console.is_terminal:
+        fields = ["id", "status", "rows_scored", "rows_failed", "rows_total", "created_at"]
+        fields += ["table_name", "model_tag", "mode", "error"]
+        print("\t".join(fields))
+        for job in jobs:
+            print("\t".join("" if job[f] is None else str(job[f]) for f in fields))
+    else:
+        header = f"{'ID':>4}  {'STATUS':<21}  {'SCORED/TOTAL':<19}  {'FAILED':>6}  CREATED (UTC)"
+        console.print(header, style="bold", highlight=False)
+        for job in jobs:
+            done = f"{job['rows_scored']:,}/{job['rows_total']:,}"
+            created = f"{_utc(job['created_at']):%Y-%m-%d %H:%M}"
+            console.print(
+                f"{job['id']:>4}  {job['status']:<21}  {done:<19}  {job['rows_failed']:>6,}  "
+                f"{created}",
+                highlight=False,
+            )
+            console.print(
+                f"      {job['table_name']} · {job['model_tag']} · {job['mode']}",
+                style="dim",
+                highlight=False,
+            )
+    last = schedule.last(settings) if settings.schedule_cron else None
+    if last is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last["at"]))
+        if last["error"]:
+            err.print(f"last scheduled run ({when} UTC) failed: {last['error']}", highlight=False)
+        else:
+            console.print(f"last scheduled run ({when} UTC): job {last['job_id']}")
 
 
 @jobs_app.command("show")

@@ -55,14 +55,17 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, connect_timeout: int = 5) -> Engine:
+def make_engine(url: str, connect_timeout: int = 5, application_name: str = "scorebox") -> Engine:
     """An engine for ``url`` with connection checks on checkout; a PostgreSQL server that does
-    not answer is given up on after ``connect_timeout`` seconds."""
+    not answer is given up on after ``connect_timeout`` seconds. ``application_name`` shows in
+    ``pg_stat_activity`` (workers name their process there)."""
     if make_url(url).get_backend_name() == "sqlite":
         # Several processes (worker, CLI) share the file: wait for a lock instead of failing.
         return create_engine(url, connect_args={"timeout": 60})
     return create_engine(
-        normalize_url(url), pool_pre_ping=True, connect_args={"connect_timeout": connect_timeout}
+        normalize_url(url),
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": connect_timeout, "application_name": application_name},
     )
 
 

@@ -4,12 +4,13 @@ them with everything they started. Used by `scorebox demo`, the tests and the be
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,11 +58,29 @@ def _private_home(env: dict[str, str], home: Path) -> dict[str, str]:
     return env | {"BENTOML_HOME": str(home)}
 
 
+def _limit_memory(limit: int | None) -> Callable[[], None] | None:
+    """A pre-exec hook capping the address space of the process and all it starts, so a memory
+    regression fails a test instead of exhausting the machine."""
+    if limit is None:
+        return None
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return cap
+
+
 @contextmanager
 def serving(
-    env: dict[str, str], log: Path, timeout: float = 90, target: str = ".", port: int | None = None
+    env: dict[str, str],
+    log: Path,
+    timeout: float = 90,
+    target: str = ".",
+    port: int | None = None,
+    memory_limit: int | None = None,
 ) -> Iterator[str]:
-    """Run `bentoml serve <target>` from the repository root; yield its URL once /readyz answers."""
+    """Run `bentoml serve <target>` from the repository root; yield its URL once /readyz answers.
+    ``memory_limit`` caps each process's address space (bytes)."""
     port = port or free_port()
     env = _private_home(env, log.parent / f"bentoml-home-{port}")
     with log.open("wb") as out:
@@ -72,6 +91,7 @@ def serving(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_limit_memory(memory_limit),
         )
     url = f"http://127.0.0.1:{port}"
     try:

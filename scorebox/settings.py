@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     service_max_body_bytes: int = Field(64 * 2**20, ge=1024)
     service_max_rows: int = Field(100_000, ge=1)
     service_timeout: float = Field(60.0, gt=0)
+    service_header_timeout: float = Field(10.0, gt=0)
+    service_body_timeout: float = Field(60.0, gt=0)
     chunk_size: int = Field(10_000, ge=1, le=1_000_000)
     chunk_lease_seconds: float = Field(300.0, gt=0)
     service_retries: int = Field(8, ge=0)

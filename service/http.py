@@ -15,15 +15,15 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-# Seconds a client has to send a complete request head, from its first byte (or from connecting).
-HEAD_DEADLINE = 10.0
 # Bytes an incomplete request head may reach before it is refused (h11's default is 16 KiB).
 MAX_HEAD_BYTES = 16 * 1024
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request head is late."""
+    """uvicorn's h11 protocol, closing a connection whose request head is late: a client has
+    ``head_deadline`` seconds to send a complete head, from its first byte (or from connecting)."""
 
+    head_deadline = 10.0
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -46,7 +46,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         self._cancel()
-        self._head_timer = self.loop.call_later(HEAD_DEADLINE, self._late)
+        self._head_timer = self.loop.call_later(self.head_deadline, self._late)
 
     def _cancel(self) -> None:
         if self._head_timer is not None:
@@ -59,8 +59,9 @@ class DeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def install() -> None:
+def install(head_deadline: float) -> None:
     """Make every uvicorn server of this process use :class:`DeadlineH11Protocol`."""
+    DeadlineH11Protocol.head_deadline = head_deadline
     original = uvicorn.Config
     if getattr(original, "scorebox", False):
         return

@@ -35,8 +35,8 @@ from service.routes import app as routes
 
 log = logging.getLogger(__name__)
 
-http.install()
 settings = get_settings()
+http.install(settings.service_header_timeout)
 MODEL_TAG = f"{settings.model_name}:{settings.model_tag}"
 # Values per batch the service will hold at once: rows x features, about 80 MB of floats.
 MAX_CELLS = 10_000_000
@@ -122,7 +122,7 @@ class Scorebox:
 
 # Added first, so it runs inside auth: an unauthenticated client learns nothing about limits.
 Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]
-    BodyLimit, max_bytes=settings.service_max_body_bytes
+    BodyLimit, max_bytes=settings.service_max_body_bytes, deadline=settings.service_body_timeout
 )
 if settings.api_token is not None:
     Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]

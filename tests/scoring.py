@@ -59,8 +59,11 @@ def assert_exactly_once(engine: Engine, settings: Settings, job_id: int, rows: i
     job = get_job(engine, settings, job_id)
     with engine.connect() as conn:
         count, distinct = conn.execute(
-            text("SELECT count(*), count(DISTINCT row_id) FROM predictions WHERE model_tag = :t"),
-            {"t": job["model_tag"]},
+            text(
+                "SELECT count(*), count(DISTINCT row_id) FROM predictions "
+                "WHERE model_tag = :t AND source_table = :s"
+            ),
+            {"t": job["model_tag"], "s": job["table_name"]},
         ).one()
     assert count == distinct == rows
     assert job["rows_scored"] + job["rows_failed"] == job["rows_total"] == rows

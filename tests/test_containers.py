@@ -83,6 +83,13 @@ def test_compose_wires_healthchecks_order_and_restarts() -> None:
         "service_completed_successfully"
     )
     assert services["worker"]["depends_on"]["service"]["condition"] == "service_healthy"
+    redis = services["redis"]
+    assert (
+        "--appendonly" in redis["command"]
+        and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    )
+    assert redis["volumes"] == ["redisdata:/data:rw"]
+    assert services["service"]["stop_signal"] == "SIGTERM"
     text = (ROOT / "compose.yaml").read_text()
     assert "change-me" not in text and "PASSWORD:" not in text.replace("POSTGRES_PASSWORD:", "")
 

@@ -3,7 +3,10 @@ one prediction for the model tag and the jobs table's counts match the predictio
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from tests.scoring import assert_exactly_once, env_for, expected_from_model, pre
 from tests.test_service import schemathesis
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
-from worker.jobs import get_job, submit_job
+from worker.jobs import cancel_job, get_job, submit_job
 
 pytestmark = pytest.mark.slow
 
@@ -177,6 +180,7 @@ def test_two_jobs_over_the_same_rows_at_once(
     )
 
 
+# The README's grants, as written there (its "Security" section).
 GRANTS = """
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT SELECT ON {schema}.features TO {role};
@@ -184,9 +188,13 @@ GRANT SELECT, INSERT, UPDATE ON {schema}.predictions TO {role};
 GRANT SELECT, UPDATE ON {schema}.scorebox_jobs, {schema}.scorebox_chunks TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.scorebox_failed_rows TO {role};
 """
+SCHEDULE_GRANTS = """
+GRANT INSERT ON {schema}.scorebox_jobs, {schema}.scorebox_chunks TO {role};
+GRANT USAGE ON SEQUENCE {schema}.scorebox_jobs_id_seq TO {role};
+"""
 
 
-def test_worker_runs_with_only_the_grants_it_needs(
+def test_worker_runs_with_only_the_grants_it_needs_and_a_schedule_with_two_more(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,
@@ -195,35 +203,69 @@ def test_worker_runs_with_only_the_grants_it_needs(
     tmp_path: Path,
 ) -> None:
     role = f"worker_{schema}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
+    admin = f"host={PG_HOST} user=postgres dbname={database}"
+    with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f'CREATE ROLE "{role}" LOGIN')
         c.execute(GRANTS.format(schema=f'"{schema}"', role=f'"{role}"'))
     try:
         restricted = scoring.model_copy(
-            update={"database_url": scoring.database_url.replace("postgres@", f"{role}@")}
+            update={
+                "database_url": scoring.database_url.replace("postgres@", f"{role}@"),
+                "schedule_cron": "*/15 * * * *",
+            }
         )
+        env = env_for(restricted, SCOREBOX_SCHEDULE_CRON="*/15 * * * *")
         app, enqueue = _sender(scoring)
-        with working(env_for(restricted), tmp_path / "worker.log"):
+        with working(env, tmp_path / "worker.log"):
             job = wait_for(engine, scoring, submit_job(engine, scoring, client, enqueue))
+            # The schedule's task, as beat sends it: without the grants to record a job it fails,
+            # and `scorebox jobs list` says so.
+            app.send_task("scorebox.score_new_rows", queue=scoring.queue_name)
+            listed = _wait_listed(env, "failed")
+            with psycopg.connect(admin, autocommit=True) as c:
+                c.execute(SCHEDULE_GRANTS.format(schema=f'"{schema}"', role=f'"{role}"'))
+                c.execute(f'DELETE FROM "{schema}".predictions WHERE CAST(row_id AS int) <= 10')
+            app.send_task("scorebox.score_new_rows", queue=scoring.queue_name)
+            scheduled = _wait_listed(env, ": job ")
         app.close()
         assert job["status"] == "succeeded", job
         assert_exactly_once(engine, scoring, job["id"], 569)
+        assert "permission denied for table scorebox_jobs" in listed
+        new_job = int(scheduled.rsplit(": job ", 1)[1].split()[0])
+        assert wait_for(engine, scoring, new_job)["rows_scored"] == 10
         dsn = f"host={PG_HOST} user={role} dbname={database} options=-csearch_path={schema}"
         with psycopg.connect(dsn) as conn:
             for statement in (
                 "DELETE FROM predictions",
                 "DELETE FROM features",
                 "DROP TABLE features",
+                "DELETE FROM scorebox_jobs",
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)
                 conn.rollback()
     finally:
-        with psycopg.connect(
-            f"host={PG_HOST} user=postgres dbname={database}", autocommit=True
-        ) as c:
+        with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'DROP OWNED BY "{role}"')
             c.execute(f'DROP ROLE "{role}"')
+
+
+def _wait_listed(env: dict[str, str], expected: str, timeout: float = 60) -> str:
+    """`scorebox jobs list` output (stdout and stderr) once it mentions ``expected``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-m", "scorebox", "jobs", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        listed = done.stdout + done.stderr
+        if "last scheduled run" in listed and expected in listed.split("last scheduled run")[1]:
+            return listed
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.5)
 
 
 def test_load_32_clients_mixed_rows_and_batches_no_5xx_flat_memory(
@@ -292,3 +334,90 @@ def test_load_32_clients_mixed_rows_and_batches_no_5xx_flat_memory(
 
 def test_schemathesis_with_many_examples(service_url: str) -> None:
     schemathesis(service_url, examples=300, seed=11)
+
+
+def _in_write(database: str) -> list[tuple[int, str]]:
+    """(worker process id, backend state) of worker connections busy writing predictions."""
+    with psycopg.connect(f"host={PG_HOST} user=postgres dbname=postgres") as admin:
+        rows = admin.execute(
+            "SELECT application_name, state FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name LIKE 'scorebox-worker:%%' "
+            "AND state IN ('active', 'idle in transaction') AND query ILIKE '%%predictions%%'",
+            (database,),
+        ).fetchall()
+    return [(int(name.split(":")[1]), state) for name, state in rows]
+
+
+def test_worker_stalled_inside_its_write_stops_no_one(
+    scoring: Settings, engine: Engine, client: ServiceClient, database: str, tmp_path: Path
+) -> None:
+    """SIGSTOP a worker while it is inside its write transaction, for several leases: the other
+    worker finishes the job within about two leases, an unrelated job finishes too, and the
+    stalled worker writes nothing when it wakes."""
+    _big_table(engine, 40_000)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE unrelated AS SELECT * FROM features WHERE id <= 2000"))
+    lease = 4.0
+    settings = scoring.model_copy(update={"chunk_size": 4_000})
+    env = env_for(settings, SCOREBOX_CHUNK_LEASE_SECONDS=str(lease), SCOREBOX_SWEEP_SECONDS="1")
+    app, enqueue = _sender(settings)
+    stalled = None
+    with (
+        working(env, tmp_path / "a.log", concurrency=1),
+        working(env, tmp_path / "b.log", concurrency=1),
+    ):
+        job_id = submit_job(engine, settings, client, enqueue)
+        deadline = time.monotonic() + 60
+        while stalled is None:
+            assert time.monotonic() < deadline, "never caught a worker inside its write"
+            for pid, _ in _in_write(database):
+                os.kill(pid, signal.SIGSTOP)
+                if any(p == pid and s == "idle in transaction" for p, s in _in_write(database)):
+                    stalled = pid
+                    break
+                os.kill(pid, signal.SIGCONT)  # it had finished its statement; try again
+            time.sleep(0.002)
+        stopped_at = time.monotonic()
+        other = submit_job(engine, settings, client, enqueue, table="unrelated")
+        finished = wait_for(engine, settings, job_id, timeout=120)
+        took = time.monotonic() - stopped_at
+        unrelated = wait_for(engine, settings, other, timeout=60)
+        time.sleep(3 * lease - min(took, 3 * lease))  # stay stopped for three leases in all
+        os.kill(stalled, signal.SIGCONT)
+        time.sleep(lease)  # the stalled worker wakes, finds its session gone, writes nothing
+        after = get_job(engine, settings, job_id)
+    app.close()
+    assert finished["status"] == "succeeded", finished
+    assert took < 2 * lease + 10, took
+    assert unrelated["status"] == "succeeded"
+    assert after["rows_scored"] == 40_000 and after["status"] == "succeeded"
+    assert_exactly_once(engine, settings, job_id, 40_000)
+
+
+def test_cancel_works_on_live_jobs_under_two_workers_of_two_processes(
+    scoring: Settings, engine: Engine, client: ServiceClient, tmp_path: Path
+) -> None:
+    _big_table(engine, 20_000)
+    settings = scoring.model_copy(update={"chunk_size": 250})
+    env = env_for(settings)
+    app, enqueue = _sender(settings)
+    with working(env, tmp_path / "a.log"), working(env, tmp_path / "b.log"):
+        for _ in range(20):
+            job_id = submit_job(engine, settings, client, enqueue)
+            _progress(engine, settings, job_id, 250)
+            assert cancel_job(engine, settings, job_id) is True
+        time.sleep(2)  # chunks in flight finish or are fenced off
+    app.close()
+    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+    assert "deadlock" not in logs.lower() and "Traceback" not in logs
+    with engine.connect() as conn:
+        statuses = {r[0] for r in conn.execute(text("SELECT status FROM scorebox_jobs"))}
+        mismatched = conn.execute(
+            text(
+                "SELECT count(*) FROM scorebox_jobs j WHERE rows_scored <> (SELECT "
+                "coalesce(sum(rows_scored), 0) FROM scorebox_chunks c "
+                "WHERE c.job_id = j.id AND c.status = 'done')"
+            )
+        ).scalar()
+    assert statuses == {"cancelled"}
+    assert mismatched == 0

@@ -138,11 +138,15 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
         process.wait()
     killed_at = get_job(engine, settings, job_id)
     assert killed_at["status"] == "running" and killed_at["rows_scored"] < 200_000
+    # No beat: the new worker's own sweeper sends the dead worker's chunk again.
     with working(env, log, concurrency=2):
         job = wait_for(engine, settings, job_id, timeout=240)
     app.close()
     assert job["status"] == "succeeded", job
     assert_exactly_once(engine, settings, job_id, 200_000)
+    with engine.connect() as conn:
+        attempts = [r[0] for r in conn.execute(text("SELECT attempt FROM scorebox_chunks"))]
+    assert max(attempts) == 2 and attempts.count(2) <= 2  # the chunk(s) the dead worker held
 
 
 def test_service_down_then_up_finishes_and_down_too_long_fails(

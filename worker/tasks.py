@@ -3,10 +3,8 @@ and the sweeper thread every worker process runs."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from typing import Any
 
 from celery import Task
@@ -16,6 +14,7 @@ from sqlalchemy import Engine
 
 from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
+from worker import schedule
 from worker.celery_app import SCORE_CHUNK, app, chunk_sender
 from worker.chunks import TRANSIENT, run_chunk
 from worker.client import ServiceClient
@@ -35,7 +34,7 @@ def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
         settings = get_settings()
         _contexts[pid] = (
             settings,
-            make_engine(settings.database_url),
+            make_engine(settings.database_url, application_name=f"scorebox-worker:{pid}"),
             Tables.build(settings.predictions_table),
             ServiceClient.from_settings(settings),
         )
@@ -83,26 +82,18 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
     return outcome
 
 
-SCHEDULE_KEY = "scorebox:schedule:{queue}"
-
-
 @app.task(name="scorebox.score_new_rows")
 def score_new_rows() -> int | None:
-    """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction. Its
-    outcome (job id or error) is kept in Redis, where `scorebox jobs list` shows it."""
+    """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction. The
+    outcome is kept (worker/schedule.py) so that `scorebox jobs list` shows a failed run."""
     settings, engine, _, client = _context()
-    outcome: dict[str, Any] = {"at": time.time()}
     try:
         job_id = submit_job(engine, settings, client, chunk_sender(app), mode="new")
-        outcome |= {"job_id": job_id}
     except Exception as exc:
         log.exception("scheduled job failed")
-        outcome |= {"error": " ".join(str(exc).split())[:500]}
-        job_id = None
-    with app.connection_for_write() as connection:
-        connection.default_channel.client.set(
-            SCHEDULE_KEY.format(queue=settings.queue_name), json.dumps(outcome)
-        )
+        schedule.record(settings, None, " ".join(str(exc).split())[:500])
+        return None
+    schedule.record(settings, job_id, None)
     return job_id
 
 
