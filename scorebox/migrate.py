@@ -34,13 +34,13 @@ def wait_for_database(
     engine: Engine,
     timeout: float = 30.0,
     interval: float = 0.5,
-    refused_timeout: float = 3.0,
+    refused_timeout: float = 2.0,
     waiting: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Return once the database answers. A server that is starting is waited for up to
-    ``timeout`` seconds (``waiting`` hears of it once); a refused connection (wrong port, or a
-    server not up yet) up to ``refused_timeout``; anything else (wrong database, role, password
-    or host) is a ConfigError at once."""
+    ``timeout`` seconds (``waiting`` hears of it once); a refused connection (a wrong port, or a
+    server not listening yet) quietly up to ``refused_timeout``; anything else (wrong database,
+    role, password or host) is a ConfigError at once."""
     start = time.monotonic()
     told = False
     while True:
@@ -60,7 +60,7 @@ def wait_for_database(
                 raise ConfigError(
                     f"cannot reach the database at {url} (SCOREBOX_DATABASE_URL): {reason}"
                 ) from None
-            if not told:
+            if starting and not told:
                 waiting(f"waiting for the database at {url} ({reason})")
                 told = True
             log.info("database not ready, retrying", extra={"url": url})
@@ -138,3 +138,21 @@ def current_revision(engine: Engine) -> str | None:
 def head_revision() -> str | None:
     """The newest revision scorebox ships."""
     return ScriptDirectory(str(_SCRIPTS)).get_current_head()
+
+
+def check_schema(engine: Engine, predictions_table: str) -> None:
+    """A ConfigError naming the fix unless scorebox's tables are at this version's revision and
+    the predictions table the settings name exists."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        found = (
+            "missing" if current is None else f"at revision {current}, this version needs {head}"
+        )
+        raise ConfigError(f"scorebox's tables are {found}: run `scorebox db upgrade`")
+    name = parse_table(predictions_table)
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(name.name, schema=name.schema):
+            raise ConfigError(
+                f"predictions table {predictions_table!r} (SCOREBOX_PREDICTIONS_TABLE) does not "
+                "exist: run `scorebox db upgrade` to create it"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -166,6 +167,37 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = ",".join(value)
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
     return env
+
+
+def described(settings: Settings) -> list[tuple[str, str, str]]:
+    """(variable, value as shown, where it came from) for every setting: ``environment``,
+    ``.env`` or ``default``. The API token and database password are masked."""
+    from dotenv import dotenv_values
+    from sqlalchemy.engine import make_url
+
+    env_file = settings.model_config.get("env_file")
+    dotenv = {k.upper(): v for k, v in dotenv_values(str(env_file)).items()} if env_file else {}
+    environment = {k.upper() for k in os.environ}
+    rows = []
+    for name in Settings.model_fields:
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            shown = "********"
+        elif name == "database_url":
+            shown = make_url(value).render_as_string(hide_password=True)
+        elif isinstance(value, list):
+            shown = ",".join(value)
+        else:
+            shown = "" if value is None else str(value)
+        if variable in environment:
+            source = "environment"
+        elif variable in dotenv:
+            source = ".env"
+        else:
+            source = "default"
+        rows.append((variable, shown, source))
+    return rows
 
 
 def load_settings(**overrides: Any) -> Settings:

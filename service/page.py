@@ -35,6 +35,25 @@ def _curl(base: str, method: str, path: str, auth: bool, body: str | None = None
     return " ".join(parts)
 
 
+def _arrow_example(base: str, auth: bool, example: dict[str, object]) -> str:
+    columns = ", ".join(f"{name!r}: [{value!r}]" for name, value in example.items())
+    headers = '"content-type": "application/vnd.apache.arrow.stream"'
+    if auth:
+        headers += ', "authorization": "Bearer " + os.environ["SCOREBOX_API_TOKEN"]'
+    return "\n".join(
+        [
+            "import os, httpx, pyarrow as pa",
+            f"batch = pa.table({{{columns}}})",
+            "sink = pa.BufferOutputStream()",
+            "with pa.ipc.new_stream(sink, batch.schema) as writer:",
+            "    writer.write_table(batch)",
+            f'answer = httpx.post("{base}/v1/predict/arrow", content=sink.getvalue().to_pybytes(),',
+            f"                    headers={{{headers}}})",
+            "print(pa.ipc.open_stream(answer.content).read_all().to_pylist())",
+        ]
+    )
+
+
 def render(info: ModelInfo, tag: str, base: str, auth: bool, max_records: int) -> str:
     """The front page of the service serving ``tag`` at ``base`` (scheme://host:port)."""
     example = json.dumps({"records": [info.example]}, ensure_ascii=False)
@@ -56,9 +75,9 @@ def render(info: ModelInfo, tag: str, base: str, auth: bool, max_records: int) -
         (
             "POST",
             "/v1/predict/arrow",
-            "An Arrow IPC stream of feature columns in, a stream of predictions out "
-            "(what batch workers use; see README).",
-            "",
+            "An Arrow IPC stream of feature columns in, a stream of predictions out, one row "
+            "for each row sent (what batch workers use). In Python:",
+            _arrow_example(base, auth, info.example),
         ),
         (
             "GET",

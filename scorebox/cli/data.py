@@ -1,0 +1,152 @@
+"""Commands on the database and the model: `db upgrade`, `seed`, `train`, `config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+from sqlalchemy import Engine
+
+from scorebox.cli.app import (
+    EPILOG,
+    app,
+    console,
+    db_app,
+    err,
+    friendly,
+    metrics_line,
+    ready_engine,
+)
+from scorebox.db import make_engine
+from scorebox.errors import ScoreboxError
+from scorebox.migrate import create_database_if_missing, upgrade, wait_for_database
+from scorebox.settings import Settings, described, get_settings
+
+
+@db_app.command("upgrade", epilog=EPILOG)
+@friendly
+def db_upgrade() -> None:
+    """Create the database if missing, then create or update scorebox's tables (predictions,
+    jobs, chunks) to the newest schema, and the predictions table the settings name."""
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    if create_database_if_missing(engine):
+        console.print(f"created database {engine.url.database}")
+    wait_for_database(engine, waiting=lambda message: err.print(message, highlight=False))
+    if upgrade(engine, settings.predictions_table, settings.feature_table):
+        console.print(f"created predictions table {settings.predictions_table}", highlight=False)
+    console.print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+
+
+def seed_table(
+    settings: Settings, engine: Engine, rows: int | None, example: str = "breast_cancer"
+) -> None:
+    """Load an example into SCOREBOX_FEATURE_TABLE, with a progress bar for many rows."""
+    from scorebox.seed import seed as seed_rows
+
+    with Progress(
+        TextColumn("seeding"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("seed", total=rows)
+        with engine.begin() as conn:
+            inserted = seed_rows(
+                conn,
+                settings.feature_table,
+                id_column=settings.id_column,
+                target_column=settings.target_column,
+                rows=rows,
+                example=example,
+                on_batch=lambda n: progress.advance(task, n),
+            )
+    console.print(f"{inserted:,} rows inserted into {settings.feature_table}", highlight=False)
+
+
+@app.command(epilog=EPILOG)
+@friendly
+def seed(
+    rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Generate this many rows like the example's instead of the example itself.",
+            show_default="the example's own rows",
+        ),
+    ] = None,
+    example: Annotated[
+        str,
+        typer.Option(
+            help="`breast_cancer` (30 numbers, a 0/1 target) or `penguins` (text ids, "
+            "categories, booleans, dates, NULLs; the target is the species)."
+        ),
+    ] = "breast_cancer",
+) -> None:
+    """Load an example table into SCOREBOX_FEATURE_TABLE (ids already there are kept)."""
+    settings = get_settings()
+    seed_table(settings, ready_engine(settings), rows, example)
+
+
+@app.command(epilog=EPILOG)
+@friendly
+def train(
+    seed_example: Annotated[
+        bool, typer.Option("--seed", help="Load the example data into the table first.")
+    ] = False,
+    bento: Annotated[
+        bool, typer.Option("--bento", help="Build the Bento (bentofile.yaml here) afterwards.")
+    ] = False,
+) -> None:
+    """Fit, evaluate and register a model on SCOREBOX_FEATURE_TABLE; print which columns it
+    used and which it left out, its holdout metrics, and where its report is."""
+    settings = get_settings()
+    engine = ready_engine(settings)  # before the heavy imports: a wrong URL says so at once
+    from training.train import train as run_training
+
+    if seed_example:
+        seed_table(settings, engine, rows=None)
+    with console.status("training") as status:
+        result = run_training(settings, engine, step=lambda text: status.update(text))
+    info = result.info
+    console.print(f"registered [bold]{result.tag}[/] ({info.task}, {info.estimator})")
+    used = ", ".join(f"{f.name} ({f.kind})" for f in info.features)
+    console.print(f"features: {used}", highlight=False, markup=False)
+    for name, why in info.left_out.items():
+        console.print(f"left out: {name}: {why}", highlight=False, markup=False)
+    console.print(f"holdout: {metrics_line(info.metrics, info.metrics_undefined)}")
+    for name, why in info.metrics_undefined.items():
+        console.print(f"note: {name} is undefined: {why}", highlight=False, markup=False)
+    for note, count in info.data_notes.items():
+        if count:
+            console.print(f"note: {note.replace('_', ' ')}: {count}")
+    console.print(f"report: {result.report}", highlight=False)
+    if bento:
+        _build_bento()
+
+
+def _build_bento() -> None:
+    import bentoml
+
+    if not Path("bentofile.yaml").exists():
+        raise ScoreboxError("--bento needs bentofile.yaml in the current directory")
+    with console.status("building the Bento"):
+        built = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=".")
+    console.print(f"bento: {built.tag}")
+
+
+@app.command(epilog=EPILOG)
+@friendly
+def config() -> None:
+    """Print the settings in effect (the API token and database password masked) and where each
+    came from: the environment, the .env file, or the default."""
+    rows = described(get_settings())
+    width = max(len(variable) for variable, _, _ in rows)
+    for variable, value, source in rows:
+        line = f"{variable:<{width}}  {value or '(unset)'}  "
+        console.print(Text.assemble(line, (f"# {source}", "dim")))
