@@ -264,3 +264,43 @@ def test_cli_error_for_missing_table_has_no_traceback(env: dict[str, str]) -> No
     assert done.returncode == 1
     assert "table 'nowhere' (SCOREBOX_FEATURE_TABLE) does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+RARE = (
+    "SELECT g, g::float, CASE WHEN g = 1 THEN 'rare' WHEN g % 2 = 0 THEN 'a' ELSE 'b' END "
+    "FROM generate_series(1, 60) g"
+)
+RATINGS = "SELECT g, g::float, (g % 10)::float FROM generate_series(1, 60) g"
+INFINITE = (
+    "SELECT g, CASE WHEN g <= 3 THEN 'Infinity'::float ELSE g END, g % 2 "
+    "FROM generate_series(1, 60) g"
+)
+
+
+@pytest.mark.parametrize(
+    ("target_type", "rows", "expect"),
+    [
+        # a class with one row is trained on; ROC AUC is then undefined, and stored as absent
+        ("text", RARE, {"task": "classification", "classes": ["a", "b", "rare"]}),
+        # ratings stored as double precision are a measurement: regression, not ten classes
+        ("double precision", RATINGS, {"task": "regression"}),
+        # infinity in a feature: the rows are dropped and counted, not a scikit-learn traceback
+        ("int", INFINITE, {"task": "classification", "infinite": 3}),
+    ],
+)
+def test_training_copes_with_real_class_balance_and_odd_values(
+    database_url: str, engine: Engine, target_type: str, rows: str, expect: dict[str, object]
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"CREATE TABLE features (id int PRIMARY KEY, x float, target {target_type})")
+        )
+        conn.execute(text(f"INSERT INTO features {rows}"))
+    info = train(load_settings(database_url=database_url), engine).info
+    assert info.task == expect["task"]
+    if "classes" in expect:
+        assert info.classes == expect["classes"]
+        assert list(info.metrics_undefined) == ["roc_auc"]
+        assert "roc_auc" not in info.metrics and "accuracy" in info.metrics
+    if "infinite" in expect:
+        assert info.data_notes["rows_dropped_infinite_feature"] == expect["infinite"]

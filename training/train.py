@@ -57,6 +57,14 @@ def _split(
         random_state=settings.random_state,
         stratify=stratify,
     )
+    if task == "classification":
+        # A class too rare to stratify may land only in the holdout: the model could never
+        # predict it, so its rows go back to the training side.
+        unseen = ~y_test.isin(set(y_train))
+        if unseen.any():
+            x_train = pd.concat([x_train, x_test[unseen]])
+            y_train = pd.concat([y_train, y_test[unseen]])
+            x_test, y_test = x_test[~unseen], y_test[~unseen]
     if task == "classification" and y_train.nunique() < 2:
         raise DataError("the training rows hold a single class after the holdout split; add rows")
     return x_train, x_test, y_train, y_test
