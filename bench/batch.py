@@ -1,62 +1,75 @@
-"""Batch scoring benchmark: a synthetic table scored end to end (PostgreSQL -> worker -> service ->
-PostgreSQL) against, in the same run, (a) the in-process limit: COPY read, the model's predict
-in-process, COPY + upsert write; and (b) the naive way: pandas.read_sql, JSON posts of 1000 rows to
-the plain BentoML service, DataFrame.to_sql.
+"""Batch scoring benchmark: a table of the example's shape scored end to end (PostgreSQL ->
+worker -> service -> PostgreSQL) against, in the same run, the plain in-process pipeline a
+careful engineer would write: two processes, each taking half the id range in 50k-row chunks,
+reading with ADBC into Arrow, predict_proba in-process on one thread, the probabilities' JSON text
+built in Python, ADBC binary COPY into a temporary table and INSERT ... ON CONFLICT into the
+predictions table.
 
-    python bench/batch.py [--rows 1000000] [--naive-rows 200000]
+Also: `--mode new` on a table where 1% of the rows are new, how throughput scales with worker and
+service processes, the worker's peak memory on a small and a large table, and the cost of each
+stage per row (for the model of many machines in BENCHMARKS.md).
+
+    python bench/batch.py [--rows 1000000] [--large-rows 10000000] [--chunk-size 50000]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import multiprocessing
 import os
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bentoml
-import httpx
 import numpy as np
-import pandas as pd
 import psutil
-import pyarrow.csv as pacsv
+import pyarrow as pa
 from _common import prepare
 from sqlalchemy import text
-from threadpoolctl import threadpool_limits
+from sqlalchemy.engine import make_url
 
 from scorebox.db import make_engine
 from scorebox.processes import serving, working
-from scorebox.seed import seed
+from scorebox.seed import example_frame, seed
 from scorebox.settings import Settings
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
 
+MiB = 2**20
 
-def _seed_table(settings: Settings, name: str, rows: int) -> None:
+
+def _seed(settings: Settings, name: str, rows: int) -> None:
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
+        have = conn.execute(text(f"SELECT to_regclass('{name}') IS NOT NULL")).scalar()
+        if have and conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar() == rows:
+            return
         conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
         seed(conn, name, id_column="id", target_column="target", rows=rows)
-        conn.execute(text(f'ANALYZE "{name}"'))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'VACUUM ANALYZE "{name}"'))
     engine.dispose()
 
 
-def _reset_predictions(settings: Settings) -> None:
+def _truncate(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE predictions"))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("CHECKPOINT"))
     engine.dispose()
 
 
 class PeakRss:
-    """Samples the summed RSS of a process tree every 50 ms."""
+    """Samples the RSS of each process of a tree every 50 ms; ``peak`` is the largest any one
+    process reached (a pool's processes each hold one chunk at a time)."""
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
@@ -69,7 +82,7 @@ class PeakRss:
         while not self._stop.is_set():
             try:
                 procs = [self.root, *self.root.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+                self.peak = max(self.peak, *(p.memory_info().rss for p in procs))
             except psutil.Error:
                 pass
             time.sleep(0.05)
@@ -80,168 +93,236 @@ class PeakRss:
         return self.peak
 
 
-def scorebox_run(
-    settings: Settings, env: dict[str, str], table: str, logs: Path
-) -> tuple[float, int]:
-    """Rows/s of a scorebox job over ``table`` and the worker's peak RSS."""
-    _reset_predictions(settings)
+# --- the baseline: the plain in-process pipeline --------------------------------------------
+
+
+def _baseline_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int, out: Any) -> None:
+    import adbc_driver_postgresql.dbapi as adbc
+    import bentoml
+    from threadpoolctl import threadpool_limits
+
+    pipeline = bentoml.sklearn.load_model(tag)
+    names = [f.name for f in pipeline.steps[0][1].features_]
+    stages = dict.fromkeys(("read", "predict", "json", "copy", "upsert"), 0.0)
+    with adbc.connect(uri) as conn, threadpool_limits(1):
+        for start in range(lo, hi + 1, chunk):
+            began = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute(
+                    f'SELECT id, {", ".join(names)} FROM "{table}" WHERE id >= $1 AND id <= $2 '
+                    "ORDER BY id",
+                    (start, min(start + chunk - 1, hi)),
+                )
+                batch = cur.fetch_arrow_table()
+            read = time.perf_counter()
+            proba = pipeline.predict_proba(batch.select(names))
+            predicted = time.perf_counter()
+            labels = np.where(proba[:, 1] > proba[:, 0], "1", "0")
+            texts = [json.dumps({"0": p0, "1": p1}) for p0, p1 in proba.tolist()]
+            staged = pa.table(
+                {
+                    "row_id": pa.compute.cast(batch.column("id"), pa.string()),
+                    "predicted_label": labels,
+                    "probability": proba.max(axis=1),
+                    "probabilities": texts,
+                }
+            )
+            built = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.adbc_ingest("staging", staged, mode="replace", temporary=True)
+                copied = time.perf_counter()
+                cur.execute(
+                    "INSERT INTO predictions (source_table, model_tag, row_id, predicted_label, "
+                    "probability, probabilities) SELECT 'baseline', $1, row_id, predicted_label, "
+                    "probability, CAST(probabilities AS json) FROM staging ORDER BY row_id "
+                    "ON CONFLICT (source_table, model_tag, row_id) DO UPDATE SET "
+                    "predicted_label = excluded.predicted_label, "
+                    "probability = excluded.probability, "
+                    "probabilities = excluded.probabilities",
+                    (tag,),
+                )
+            conn.commit()
+            done = time.perf_counter()
+            for stage, seconds in zip(
+                stages,
+                (read - began, predicted - read, built - predicted, copied - built, done - copied),
+                strict=True,
+            ):
+                stages[stage] += seconds
+    out.put(stages)
+
+
+def baseline(settings: Settings, tag: str, table: str, rows: int) -> tuple[float, dict[str, float]]:
+    """Rows/s of the in-process pipeline in two processes, and its time per row by stage (µs)."""
+    _truncate(settings)
+    uri = make_url(settings.database_url).set(drivername="postgresql").render_as_string(False)
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    half = rows // 2
+    halves = [(1, half), (half + 1, rows)]
+    processes = [
+        multiprocessing.get_context("spawn").Process(
+            target=_baseline_half, args=(uri, tag, table, lo, hi, 50_000, queue)
+        )
+        for lo, hi in halves
+    ]
+    began = time.perf_counter()
+    for process in processes:
+        process.start()
+    stages = [queue.get() for _ in processes]
+    for process in processes:
+        process.join()
+    elapsed = time.perf_counter() - began
+    per_row = {k: 1e6 * sum(s[k] for s in stages) / rows for k in stages[0]}
+    return rows / elapsed, per_row
+
+
+def _new_rows(rows: int) -> dict[str, str]:
+    """Ways 1% of a scored table becomes new: rows appended after the last job (the usual way),
+    or predictions missing here and there."""
+    others = ", ".join(c for c in example_frame().columns if c != "id")
+    return {
+        "1% rows appended": (
+            f"INSERT INTO bench_big SELECT id + {rows}, {others} FROM bench_big "
+            f"WHERE id <= {rows // 100}"
+        ),
+        "1% of predictions deleted, scattered": (
+            f"DELETE FROM predictions WHERE CAST(row_id AS bigint) % 100 = 0 "
+            f"AND CAST(row_id AS bigint) <= {rows}"
+        ),
+    }
+
+
+# --- scorebox jobs ---------------------------------------------------------------------------
+
+
+def job(
+    settings: Settings,
+    env: dict[str, str],
+    table: str,
+    logs: Path,
+    *,
+    concurrency: int,
+    mode: str = "all",
+    truncate: bool = True,
+) -> tuple[float, int, dict[str, Any]]:
+    """Rows/s of a scorebox job over ``table``, the worker's peak RSS and the job."""
+    if truncate:
+        _truncate(settings)
     engine = make_engine(settings.database_url)
     app = make_app(settings)
     client = ServiceClient(settings.service_url, None, 60)
-    with working(env, logs / f"worker-{table}.log", concurrency=2) as process:
+    with working(env, logs / f"worker-{table}.log", concurrency=concurrency) as process:
         rss = PeakRss(process.pid)
         began = time.perf_counter()
-        job_id = submit_job(
-            engine,
-            settings,
-            client,
-            chunk_sender(app),
-            table=table,
-        )
-        while (job := get_job(engine, settings, job_id))["status"] in ("queued", "running"):
-            time.sleep(0.2)
+        job_id = submit_job(engine, settings, client, chunk_sender(app), table=table, mode=mode)
+        while (found := get_job(engine, settings, job_id))["status"] in ("queued", "running"):
+            time.sleep(0.05)
         elapsed = time.perf_counter() - began
         peak = rss.stop()
-    assert job["status"] == "succeeded", job
+    assert found["status"] == "succeeded", found
+    with engine.connect() as conn:
+        count, distinct = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT row_id) FROM predictions "
+                "WHERE model_tag = :t AND source_table = :s"
+            ),
+            {"t": found["model_tag"], "s": found["table_name"]},
+        ).one()
+    if mode == "all":
+        assert count == distinct == found["rows_total"] == found["rows_scored"], (count, found)
     client.close()
     app.close()
     engine.dispose()
-    return job["rows_scored"] / elapsed, peak
-
-
-def in_process_limit(settings: Settings, tag: str, table: str, names: list[str]) -> float:
-    """COPY read in 10k-row chunks, predict_proba in-process, COPY into a temp table + upsert."""
-    _reset_predictions(settings)
-    pipeline = bentoml.sklearn.load_model(tag)
-    engine = make_engine(settings.database_url)
-    began = time.perf_counter()
-    rows = 0
-    with engine.connect() as conn, threadpool_limits(1):
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        cur = raw.cursor()
-        cur.execute(
-            "CREATE TEMP TABLE staging (row_id bigint, model_tag text, predicted_label text,"
-            " probability float8, probabilities json)"
-        )
-        bounds = cur.execute(f'SELECT min(id), max(id) FROM "{table}"').fetchone()
-        assert bounds is not None
-        cols = ", ".join(names)
-        for lo in range(bounds[0], bounds[1] + 1, 10_000):
-            buffer = io.BytesIO()
-            query = (
-                f'COPY (SELECT id, {cols} FROM "{table}" WHERE id BETWEEN {lo} AND {lo + 9_999}'
-                " ORDER BY id) TO STDOUT (FORMAT csv, HEADER)"
-            )
-            with cur.copy(query) as copy:
-                for block in copy:
-                    buffer.write(block)
-            buffer.seek(0)
-            batch = pacsv.read_csv(buffer).to_pandas()
-            proba = pipeline.predict_proba(batch[names])
-            labels = np.where(proba[:, 1] > proba[:, 0], "1", "0")
-            with cur.copy("COPY staging FROM STDIN") as copy:
-                for i, row_id in enumerate(batch["id"].tolist()):
-                    copy.write_row(
-                        (
-                            row_id,
-                            tag,
-                            labels[i],
-                            proba[i].max(),
-                            json.dumps({"0": proba[i, 0], "1": proba[i, 1]}),
-                        )
-                    )
-            cur.execute(
-                "INSERT INTO predictions"
-                " (row_id, model_tag, predicted_label, probability, probabilities)"
-                " SELECT * FROM staging ON CONFLICT (row_id, model_tag) DO UPDATE SET"
-                " predicted_label = excluded.predicted_label, probability = excluded.probability,"
-                " probabilities = excluded.probabilities"
-            )
-            cur.execute("TRUNCATE staging")
-            raw.commit()
-            rows += len(batch)
-    engine.dispose()
-    return rows / (time.perf_counter() - began)
-
-
-def naive(settings: Settings, plain_url: str, table: str, names: list[str]) -> float:
-    """pandas.read_sql the table, POST 1000-row JSON batches, DataFrame.to_sql the results."""
-    engine = make_engine(settings.database_url)
-    began = time.perf_counter()
-    frame = pd.read_sql(text(f'SELECT * FROM "{table}" ORDER BY id'), engine)
-    out = []
-    with httpx.Client(timeout=60) as client:
-        for start in range(0, len(frame), 1000):
-            batch = frame.iloc[start : start + 1000]
-            response = client.post(
-                f"{plain_url}/predict", json={"input": batch[names].to_numpy().tolist()}
-            )
-            response.raise_for_status()
-            proba = np.array(response.json())
-            out.append(pd.DataFrame({"row_id": batch["id"], "probability": proba.max(axis=1)}))
-    pd.concat(out).to_sql("naive_predictions", engine, if_exists="replace", index=False)
-    engine.dispose()
-    return len(frame) / (time.perf_counter() - began)
+    return found["rows_scored"] / elapsed, peak, found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=100_000)
-    parser.add_argument("--naive-rows", type=int, default=200_000)
+    parser.add_argument("--large-rows", type=int, default=10_000_000)
+    parser.add_argument("--chunk-size", type=int, default=50_000)
+    parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
     args = parser.parse_args()
 
     settings, tag = prepare()
-    names = [
-        n
-        for n in pd.read_sql(
-            text("SELECT * FROM features LIMIT 1"), make_engine(settings.database_url)
-        ).columns
-        if n not in ("id", "target")
-    ]
-    tables = {
-        "big": ("bench_big", args.rows),
-        "small": ("bench_small", args.small_rows),
-        "naive": ("bench_naive", args.naive_rows),
-    }
-    for name, rows in tables.values():
-        _seed_table(settings, name, rows)
+    settings = settings.model_copy(update={"chunk_size": args.chunk_size})
+    for name, rows in (("bench_big", args.rows), ("bench_small", args.small_rows)):
+        _seed(settings, name, rows)
+    if args.large_rows:
+        _seed(settings, "bench_large", args.large_rows)
     logs = Path(os.environ["BENTOML_HOME"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
         "SCOREBOX_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
-        "BENCH_MODEL_TAG": tag,
+        "SCOREBOX_CHUNK_SIZE": str(args.chunk_size),
     }
-    limit = in_process_limit(settings, tag, tables["big"][0], names)
-    with serving(env, logs / "plain.log", target="bench.plain_service:Plain") as plain_url:
-        naive_rate = naive(settings, plain_url, tables["naive"][0], names)
-    with serving(env, logs / "service.log") as url:
-        env["SCOREBOX_SERVICE_URL"] = url
-        scoring = settings.model_copy(
-            update={"service_url": url, "redis_url": env["SCOREBOX_REDIS_URL"]}
-        )
-        big_rate, big_rss = scorebox_run(scoring, env, tables["big"][0], logs)
-        small_rate, small_rss = scorebox_run(scoring, env, tables["small"][0], logs)
+    limit, stages = baseline(settings, tag, "bench_big", args.rows)
 
-    print(f"\nbatch benchmark (chunk size {settings.chunk_size:,})")
-    rows = [
-        ("in-process limit (COPY, predict, upsert)", args.rows, limit),
-        ("naive (read_sql, JSON 1000 rows, to_sql)", args.naive_rows, naive_rate),
-        ("scorebox job", args.rows, big_rate),
-        ("scorebox job", args.small_rows, small_rate),
-    ]
-    print(f"{'path':<42} {'rows':>10} {'rows/s':>10}")
-    for label, count, rate in rows:
-        print(f"{label:<42} {count:>10,} {rate:>10,.0f}")
-    print(f"\nscorebox / naive: {big_rate / naive_rate:.2f}x")
-    print(f"scorebox / in-process limit: {big_rate / limit:.0%}")
-    mib = 2**20
+    results: dict[str, Any] = {}
+    scale: dict[tuple[int, int], float] = {}
+    for service_workers in (2, 1):
+        env = base_env | {"SCOREBOX_SERVICE_WORKERS": str(service_workers)}
+        with serving(env, logs / f"service-{service_workers}.log") as url:
+            env["SCOREBOX_SERVICE_URL"] = url
+            scoring = settings.model_copy(
+                update={"service_url": url, "redis_url": env["SCOREBOX_REDIS_URL"]}
+            )
+            for processes in (args.concurrency, 2, 1) if service_workers == 2 else (2, 1):
+                rate, _, _ = job(scoring, env, "bench_big", logs, concurrency=processes)
+                scale[(processes, service_workers)] = rate
+            if service_workers != 2:
+                continue
+            results["big"] = scale[(args.concurrency, 2)]
+            # --mode new where 1% of the rows are new: delete their predictions first.
+            full = args.rows / results["big"]
+            with make_engine(settings.database_url).begin() as conn:
+                conn.execute(text("DELETE FROM predictions WHERE CAST(row_id AS bigint) % 100 = 0"))
+            rate, _, found = job(
+                scoring,
+                env,
+                "bench_big",
+                logs,
+                concurrency=args.concurrency,
+                mode="new",
+                truncate=False,
+            )
+            results["new"] = (found["rows_total"], found["rows_total"] / rate, full)
+            _, results["small_rss"], _ = job(
+                scoring, env, "bench_small", logs, concurrency=args.concurrency
+            )
+            if args.large_rows:
+                results["large"], results["large_rss"], _ = job(
+                    scoring, env, "bench_large", logs, concurrency=args.concurrency
+                )
+
+    print(f"\nbatch benchmark: {args.rows:,} rows, chunks of {args.chunk_size:,}")
+    print(f"{'path':<58} {'rows/s':>10}")
+    print(f"{'in-process pipeline, 2 processes (ADBC, predict, JSON, upsert)':<58} {limit:>10,.0f}")
     print(
-        f"worker peak RSS: {big_rss / mib:,.0f} MiB at {args.rows:,} rows, "
-        f"{small_rss / mib:,.0f} MiB at {args.small_rows:,} rows ({big_rss / small_rss:.2f}x)"
+        f"{f'scorebox job, {args.concurrency} worker processes, 2 service workers':<58} "
+        f"{results['big']:>10,.0f}"
     )
+    print(f"scorebox / in-process pipeline: {results['big'] / limit:.2f}x (target >= 1.3x)")
+    print("\nin-process pipeline, time per row by stage (both processes):")
+    print("  " + ", ".join(f"{k} {v:.2f} us" for k, v in stages.items()))
+    for case, (new_rows, new_seconds, full_seconds) in results["new"].items():
+        print(
+            f"\n--mode new, {case}: {new_rows:,} rows, {new_seconds:.2f} s, "
+            f"{new_seconds / full_seconds:.1%} of a full run ({full_seconds:.2f} s)"
+        )
+    print("\nscale (rows/s):")
+    print(f"{'worker processes':>17} {'service workers':>16} {'rows/s':>10}")
+    for (processes, service_workers), rate in sorted(scale.items()):
+        print(f"{processes:>17} {service_workers:>16} {rate:>10,.0f}")
+    small = results["small_rss"] / MiB
+    line = f"\nworker process peak RSS: {small:,.0f} MiB at {args.small_rows:,} rows"
+    if args.large_rows:
+        large = results["large_rss"] / MiB
+        line += f", {large:,.0f} MiB at {args.large_rows:,} rows ({large / small:.2f}x); "
+        line += f"{args.large_rows:,} rows at {results['large']:,.0f} rows/s"
+    print(line)
 
 
 if __name__ == "__main__":

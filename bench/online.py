@@ -1,7 +1,10 @@
-"""Online serving benchmark: single-row requests at 1 and 32 concurrent clients against the scorebox
-service, a plain BentoML service over the same model, and the model's own predict in-process.
+"""Online serving benchmark: single-record `POST /predict` with wrk at 1 and 32 connections,
+against the floors measured in the same run (bench/floors.py: a BentoML `@bentoml.api` returning
+a constant, a Starlette route mounted in BentoML returning a constant, a bare uvicorn app), a
+plain BentoML service over the same model as BentoML's docs write it, and the model's own
+predict on one row in-process (scikit-learn, and the compiled model).
 
-    python bench/online.py [--seconds 10] [--workers 1]
+    python bench/online.py [--seconds 10]
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,108 +24,153 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bentoml
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
-from _common import Load, load, median_ms, prepare
+from _common import ROOT, Wrk, median_ms, prepare, wrk
 from threadpoolctl import threadpool_limits
 
-from scorebox.processes import serving
+from scorebox.compiled import ONNX_ARTIFACT, CompiledModel
+from scorebox.processes import free_port, serving, stop
 from scorebox.seed import example_frame
 
 
 @contextmanager
-def _server(target: str, env: dict[str, str], log: Path) -> Iterator[str]:
-    with serving(env, log, target=target) as url:
+def _uvicorn(log: Path) -> Iterator[str]:
+    """The bare ASGI floor under plain uvicorn, two worker processes."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "bench.floors:bare", "--port", str(port)),
+                *("--workers", "2", "--log-level", "warning", "--http", "h11"),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.post(url, content=b"{}")
+            break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    try:
         yield url
+    finally:
+        stop(process)
 
 
 def _batch_formats(url: str, frame: pd.DataFrame, names: list[str]) -> dict[str, float]:
     """Rows/s for 1000-row batches sent as JSON records and as an Arrow stream."""
-    batch = frame.sample(1000, replace=True, random_state=0).reset_index(drop=True)
-    as_json = json.dumps({"records": batch[names].to_dict("records")}).encode()
-    table = pa.Table.from_pandas(batch[names], preserve_index=False)
+    batch = frame[names].sample(1000, replace=True, random_state=0).reset_index(drop=True)
+    as_json = json.dumps({"records": batch.to_dict("records")}).encode()
+    table = pa.Table.from_pandas(batch, preserve_index=False)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     as_arrow = sink.getvalue().to_pybytes()
     rates = {}
     with httpx.Client(timeout=60) as client:
-        for fmt, path, body in [
-            ("JSON records (/predict)", "/predict", as_json),
-            ("Arrow (/v1/predict/arrow)", "/v1/predict/arrow", as_arrow),
+        for fmt, path, body, kind in [
+            ("JSON records (/predict)", "/predict", as_json, "application/json"),
+            (
+                "Arrow (/v1/predict/arrow)",
+                "/v1/predict/arrow",
+                as_arrow,
+                "application/octet-stream",
+            ),
         ]:
-            client.post(url + path, content=body).raise_for_status()
+            headers = {"content-type": kind}
+            client.post(url + path, content=body, headers=headers).raise_for_status()
             began = time.perf_counter()
             for _ in range(20):
-                client.post(
-                    url + path, content=body, headers={"content-type": "application/json"}
-                ).raise_for_status()
+                client.post(url + path, content=body, headers=headers).raise_for_status()
             rates[fmt] = 20 * len(batch) / (time.perf_counter() - began)
     return rates
+
+
+def _in_process(tag: str, rows: np.ndarray, names: list[str]) -> dict[str, float]:
+    """p50 of the model's own predict_proba on one row: scikit-learn (a DataFrame in, as a user
+    would call it) and the compiled model (the encoded row in)."""
+    model = bentoml.models.get(tag)
+    pipeline = bentoml.sklearn.load_model(tag)
+    compiled = CompiledModel(Path(model.path, ONNX_ARTIFACT).read_bytes(), pipeline.steps[-1][1])
+    timings: dict[str, list[float]] = {"scikit-learn": [], "compiled (ONNX Runtime)": []}
+    with threadpool_limits(1):
+        for i in range(2000):
+            one = pd.DataFrame(rows[i % len(rows)][None, :], columns=names)
+            start = time.perf_counter()
+            pipeline.predict_proba(one)
+            timings["scikit-learn"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            compiled.predict_proba(rows[i % len(rows)][None, :])
+            timings["compiled (ONNX Runtime)"].append(time.perf_counter() - start)
+    return {name: median_ms(t[200:]) for name, t in timings.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", default="cpu_count", help="scorebox service processes")
     args = parser.parse_args()
 
     settings, tag = prepare()
     frame = example_frame()
     names = [c for c in frame.columns if c not in ("id", "target")]
     rows = frame[names].to_numpy()
-
-    # (b) in-process: the model's own predict_proba on one row, one thread.
-    pipeline = bentoml.sklearn.load_model(tag)
-    with threadpool_limits(1):
-        timings = []
-        for i in range(2000):
-            one = pd.DataFrame(rows[i % len(rows)][None, :], columns=names)
-            start = time.perf_counter()
-            pipeline.predict_proba(one)
-            timings.append(time.perf_counter() - start)
-    in_process = median_ms(timings[200:])
+    in_process = _in_process(tag, rows, names)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
-        "SCOREBOX_SERVICE_WORKERS": str(args.workers),
         "BENCH_MODEL_TAG": tag,
     }
-    ours = [
-        json.dumps({"records": [dict(zip(names, r, strict=False))]}).encode() for r in rows.tolist()
-    ]
-    plain = [json.dumps({"input": [r]}).encode() for r in rows.tolist()]
+    record = json.dumps({"records": [dict(zip(names, rows[0].tolist(), strict=True))]}).encode()
+    plain = json.dumps({"input": [rows[0].tolist()]}).encode()
     logs = Path(os.environ["BENTOML_HOME"])
-    results: dict[str, dict[int, Load]] = {}
-    for name, target, bodies, path in [
-        ("scorebox", ".", ours, "/predict"),
-        ("plain BentoML", "bench.plain_service:Plain", plain, "/predict"),
-    ]:
-        with _server(target, env, logs / f"{name}.log") as url:
-            load(url + path, bodies, 4, 2)  # warm up
-            results[name] = {c: load(url + path, bodies, c, args.seconds) for c in (1, 32)}
-            if name == "scorebox":
+    servers = [
+        ("scorebox /predict", ".", record),
+        ("BentoML @bentoml.api, constant", "bench.floors:ApiConstant", record),
+        ("Starlette route in BentoML, constant", "bench.floors:MountedConstant", record),
+        ("plain BentoML over the model", "bench.plain_service:Plain", plain),
+        ("bare uvicorn (h11), constant", None, record),
+    ]
+    results: dict[str, dict[int, Wrk]] = {}
+    batch_rates: dict[str, float] = {}
+    for name, target, body in servers:
+        context = (
+            _uvicorn(logs / "uvicorn.log")
+            if target is None
+            else serving(env, logs / f"{name.split()[0]}.log", target=target)
+        )
+        with context as url:
+            wrk(url + "/predict", body, 4, 2)  # warm up
+            results[name] = {c: wrk(url + "/predict", body, c, args.seconds) for c in (1, 32)}
+            if target == ".":
                 batch_rates = _batch_formats(url, frame, names)
 
-    print(f"\nonline benchmark: {args.seconds:.0f} s a run, scorebox workers={args.workers}")
-    print(f"in-process predict_proba, one row: p50 {in_process:.2f} ms\n")
-    print(f"{'server':<15} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"\nonline benchmark: wrk, {args.seconds:.0f} s a run, 2 server processes each")
+    for name, p50 in in_process.items():
+        print(f"in-process predict_proba, one row, {name}: p50 {p50:.3f} ms")
+    print(f"\n{'server':<38} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
     for name, runs in results.items():
-        for clients, run in runs.items():
+        for connections, run in runs.items():
             print(
-                f"{name:<15} {clients:>7} {run.rps:>8.0f} {run.percentile(0.5):>8.2f} "
-                f"{run.percentile(0.99):>8.2f} {run.errors:>7}"
+                f"{name:<38} {connections:>5} {run.rps:>8.0f} {run.p50_ms:>7.2f} "
+                f"{run.p99_ms:>7.2f} {run.errors:>6}"
             )
-    print("\n1000-row batches, one client, scorebox:")
+    print("\n1000-record batches, one client, scorebox:")
     for fmt, rate in batch_rates.items():
         print(f"  {fmt:<28} {rate:>9,.0f} rows/s")
-    ours32, plain32 = results["scorebox"][32], results["plain BentoML"][32]
-    ours1 = results["scorebox"][1]
-    print(f"\nscorebox / plain req/s at 32 clients: {ours32.rps / max(plain32.rps, 1e-9):.2f}x")
+    ours = results["scorebox /predict"]
+    api = results["BentoML @bentoml.api, constant"]
+    print(f"\nscorebox p50 at 1 connection: {ours[1].p50_ms:.2f} ms (target <= 1.0 ms)")
+    print(f"scorebox req/s at 32 connections: {ours[32].rps:,.0f} (target >= 3000, 0 errors)")
     print(
-        f"scorebox p50 at 1 client: {ours1.percentile(0.5):.2f} ms = "
-        f"{ours1.percentile(0.5) / (in_process + 1):.2f}x (in-process p50 + 1 ms)"
+        f"scorebox / BentoML @bentoml.api constant: {ours[32].rps / api[32].rps:.2f}x req/s "
+        f"at 32, {ours[1].p50_ms / api[1].p50_ms:.2f}x p50 at 1"
     )
 
 

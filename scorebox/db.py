@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.types import TypeEngine
 
 from scorebox.errors import DataError
 from scorebox.names import TableName, parse_table
@@ -69,13 +70,25 @@ def make_engine(url: str, connect_timeout: int = 5, application_name: str = "sco
     )
 
 
+def _bytewise(kind: TypeEngine[str]) -> TypeEngine[str]:
+    """``kind`` compared byte by byte on PostgreSQL (cheaper than a language's collation)."""
+    return kind.with_variant(type(kind)(collation="C"), "postgresql")  # type: ignore[call-arg]
+
+
 def _predictions(metadata: MetaData, name: TableName) -> Table:
+    # Keyed row id first and bytewise: a chunk's rows share their table and model tag, which an
+    # index would otherwise compare first for every row.
     return Table(
         name.name,
         metadata,
-        Column("source_table", Text, primary_key=True, comment="the scored table (schema.table)"),
-        Column("model_tag", String(256), primary_key=True),
-        Column("row_id", Text, primary_key=True, comment="the row's key, as text"),
+        Column("row_id", _bytewise(Text()), primary_key=True, comment="the row's key, as text"),
+        Column("model_tag", _bytewise(String(256)), primary_key=True),
+        Column(
+            "source_table",
+            _bytewise(Text()),
+            primary_key=True,
+            comment="the scored table (schema.table)",
+        ),
         Column("predicted_label", Text, comment="classification: the predicted class"),
         Column("predicted_value", Double, comment="regression: the predicted value"),
         Column("probability", Double, comment="classification: probability of predicted_label"),
@@ -123,6 +136,7 @@ class Tables:
             Column("chunk_size", Integer, nullable=False, server_default="10000"),
             Column("chunks_total", Integer, nullable=False, server_default="0"),
             Column("key_kind", String(16), nullable=False, server_default="integer"),
+            Column("key_type", Text, comment="the id column's SQL type (PostgreSQL)"),
             Column("queue", Text, nullable=False, server_default="celery"),
             Column("max_failed_rows", BigInteger),
         )

@@ -74,7 +74,10 @@ def number_value(value: Any) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueProblem(f"expected a number, got {_kind_of(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past the largest double
+        number = math.inf
     if not math.isfinite(number):
         raise ValueProblem("Input should be a finite number")
     return number
@@ -95,8 +98,10 @@ def days_value(value: Any) -> float:
     if value is None:
         return math.nan
     if isinstance(value, str):
+        if not value.strip():
+            return math.nan
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise ValueProblem(f"expected an ISO 8601 date or timestamp, got {value!r}") from None
     if isinstance(value, datetime):
@@ -108,6 +113,8 @@ def days_value(value: Any) -> float:
 
 
 def _kind_of(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -168,20 +175,59 @@ class _RecordCodec:
         return convert
 
 
+class InvalidRecords(ValueError):
+    """Records that break the schema: the first problems (record index and field) and how many
+    there were in all."""
+
+    def __init__(self, shown: list[str], total: int) -> None:
+        more = f" (and {total - len(shown)} more)" if total > len(shown) else ""
+        super().__init__(f"{total} invalid field(s): {'; '.join(shown)}{more}")
+
+
+_MISSING = object()
+
+
 def encode_records(
-    features: Sequence[Feature], records: Sequence[Mapping[str, Any]]
+    features: Sequence[Feature], records: Sequence[Any], shown: int = 20
 ) -> tuple[np.ndarray, Counter[str]]:
-    """JSON records (already checked to hold exactly the features) as a matrix and the count of
-    unseen categories per feature; a value of the wrong kind raises ValueProblem naming it."""
+    """JSON records as a matrix and the count of unseen categories per feature, checking each
+    value against its feature's kind on the way (one pass). Problems raise InvalidRecords with
+    the first ``shown`` of them; the rest are only counted."""
     codec = _RecordCodec(features)
     names = [f.name for f in features]
+    known = set(names)
     matrix = np.empty((len(records), len(names)), dtype=np.float64)
+    problems: list[str] = []
+    total = 0
     for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            total += 1
+            if len(problems) < shown:
+                problems.append(f"records[{i}]: expected an object of feature values")
+            continue
+        present = 0
         for j, (name, convert) in enumerate(zip(names, codec.convert, strict=True)):
+            value = record.get(name, _MISSING)
+            if value is _MISSING:
+                total += 1
+                if len(problems) < shown:
+                    problems.append(f"records[{i}].{name}: Field required")
+                continue
+            present += 1
             try:
-                matrix[i, j] = convert(record[name])
+                matrix[i, j] = convert(value)
             except ValueProblem as exc:
-                raise ValueProblem(f"records[{i}].{name}: {exc}") from None
+                total += 1
+                if len(problems) < shown:
+                    problems.append(f"records[{i}].{name}: {exc}")
+        if len(record) > present:
+            for key in record:
+                if key not in known:
+                    total += 1
+                    if len(problems) < shown:
+                        problems.append(f"records[{i}].{key}: not a feature of this model")
+    if total:
+        raise InvalidRecords(problems, total)
     return matrix, codec.unseen
 
 
@@ -201,9 +247,9 @@ def _floats(array: pa.Array) -> np.ndarray:
         # Arrow's decimal-to-double cast is not correctly rounded (17.4 -> 17.400000000000002);
         # its text-to-double parse is, and gives what PostgreSQL's text and Python's float give.
         array = pc.cast(array, pa.string())
-    return np.asarray(
-        pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
-    ).copy()
+    # Unchecked: an integer past 2**53 rounds to the nearest double, as Python's float() does.
+    doubles = pc.cast(array, pa.float64(), safe=False)
+    return np.asarray(doubles.to_numpy(zero_copy_only=False), dtype=np.float64).copy()
 
 
 def _each(array: pa.Array, convert: Callable[[Any], float]) -> tuple[np.ndarray, list[str | None]]:
@@ -231,7 +277,7 @@ def _text_number(value: Any) -> float:
 
 
 def _text_bool(value: Any) -> float:
-    if value is None:
+    if value is None or not str(value).strip():
         return math.nan
     folded = str(value).strip().lower()
     if folded in _TRUE:
@@ -272,7 +318,7 @@ def _column(
             if wrong.any():
                 problems: list[str | None] = [None] * len(values)
                 for i in np.flatnonzero(wrong):
-                    problems[i] = f"expected true or false, got {values[i]!r}"
+                    problems[i] = f"expected true or false, got {_kind_of(values[i])}"
                     values[i] = np.nan
                 return values, problems
             return values, None
@@ -319,7 +365,11 @@ def encode_columns(features: Sequence[Feature], columns: Mapping[str, Any]) -> E
     for j, (feature, array) in enumerate(zip(features, arrays, strict=True)):
         if len(array) != rows:
             raise ValueProblem(f"column {feature.name!r} has {len(array)} rows, expected {rows}")
-        values, problems = _column(feature, array, unseen)
+        try:
+            values, problems = _column(feature, array, unseen)
+        except pa.ArrowException as exc:  # a value Arrow cannot convert (bad UTF-8, a date far out)
+            reason = " ".join(str(exc).split())[:200]
+            raise ValueProblem(f"column {feature.name!r} ({array.type}): {reason}") from None
         matrix[:, j] = values
         if problems is not None:
             for i, problem in enumerate(problems):

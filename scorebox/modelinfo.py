@@ -4,10 +4,12 @@ service and the worker."""
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
 from scorebox.features import Feature
 
@@ -38,6 +40,9 @@ class ModelInfo:
     left_out: dict[str, str] = field(default_factory=dict)
     metrics_undefined: dict[str, str] = field(default_factory=dict)
     example: dict[str, Any] = field(default_factory=dict)
+    # Empty when the model has no compiled form (BentoML metadata cannot hold None).
+    compiled_sha256: str = ""
+    compiled_note: str = ""
 
     @property
     def feature_names(self) -> list[str]:
@@ -73,11 +78,30 @@ class ModelInfo:
             raise ModelError(f"model {tag} has incomplete scorebox metadata: {exc}") from None
 
 
-def verify_artifact(model_dir: Path, info: ModelInfo, tag: str) -> None:
-    """Refuse to unpickle an artifact whose SHA-256 is not the one training recorded."""
-    digest = hashlib.sha256((model_dir / ARTIFACT).read_bytes()).hexdigest()
-    if digest != info.artifact_sha256:
-        raise ModelError(
-            f"model {tag}: {ARTIFACT} has SHA-256 {digest}, but training recorded "
-            f"{info.artifact_sha256}; refusing to load it"
-        )
+def verified_files(model_dir: Path, info: ModelInfo, tag: str) -> dict[str, bytes]:
+    """The model's files (the pickle, and the compiled model if any) read once, each refused
+    unless its SHA-256 is the one training recorded; load from these bytes, not the files."""
+    expected = {ARTIFACT: info.artifact_sha256}
+    if info.compiled_sha256:
+        expected[ONNX_ARTIFACT] = info.compiled_sha256
+    files = {}
+    for name, recorded in expected.items():
+        path = model_dir / name
+        if not path.exists():
+            raise ModelError(f"model {tag}: {name} is missing from {model_dir}")
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != recorded:
+            raise ModelError(
+                f"model {tag}: {name} has SHA-256 {digest}, but training recorded "
+                f"{recorded}; refusing to load it"
+            )
+        files[name] = data
+    return files
+
+
+def load_pipeline(files: dict[str, bytes]) -> Any:
+    """The pipeline unpickled from verified bytes (see :func:`verified_files`)."""
+    import joblib
+
+    return joblib.load(io.BytesIO(files[ARTIFACT]))

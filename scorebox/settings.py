@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -126,9 +127,23 @@ class Settings(BaseSettings):
 
     @property
     def queue_name(self) -> str:
-        """The Celery queue of this deployment's chunk tasks (SCOREBOX_QUEUE, default derived
-        from the model name, so deployments sharing a Redis never take each other's work)."""
-        return self.queue or f"scorebox.{self.model_name}"
+        """The Celery queue of this deployment's chunk tasks: SCOREBOX_QUEUE, or one derived
+        from the model name and the database (see :meth:`queue_for`)."""
+        return self.queue_for(self.model_name)
+
+    def queue_for(self, model_name: str) -> str:
+        """The queue of the deployment serving ``model_name`` on this database: deployments that
+        share a Redis (another model, or the same model on a staging database) never take each
+        other's chunks."""
+        if self.queue:
+            return self.queue
+        from sqlalchemy.engine import URL, make_url
+
+        url = make_url(self.database_url)
+        # Which database, not who connects: the worker's role and the CLI's share the queue.
+        where = URL.create(url.drivername, None, None, url.host, url.port, url.database, url.query)
+        database = hashlib.sha256(where.render_as_string().encode()).hexdigest()[:8]
+        return f"scorebox.{model_name}.{database}"
 
     @field_validator("queue")
     @classmethod

@@ -1,14 +1,15 @@
-"""The HTTP protocol under BentoML's uvicorn: a client must send a complete request head within
-a deadline, so idle or trickling connections (slowloris) cannot pile up.
+"""The HTTP server under BentoML's uvicorn: a client must send a complete request head within a
+deadline, so idle or trickling connections (slowloris) cannot pile up; and scorebox's own ASGI
+app (service/front.py) answers in front of BentoML's.
 
 BentoML builds ``uvicorn.Config`` in each worker after importing the service module and offers
-no setting for the protocol, so :func:`install` wraps ``uvicorn.Config`` to pass this protocol
-class and a smaller limit for an incomplete head.
+no setting for either, so :func:`install` wraps ``uvicorn.Config``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -59,8 +60,9 @@ class DeadlineH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def install(head_deadline: float) -> None:
-    """Make every uvicorn server of this process use :class:`DeadlineH11Protocol`."""
+def install(head_deadline: float, front: Callable[[Any], Any]) -> None:
+    """Make every uvicorn server of this process use :class:`DeadlineH11Protocol` and run the
+    ASGI app ``front(app)`` in front of BentoML's ``app``."""
     DeadlineH11Protocol.head_deadline = head_deadline
     original = uvicorn.Config
     if getattr(original, "scorebox", False):
@@ -72,6 +74,10 @@ def install(head_deadline: float) -> None:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["http"] = DeadlineH11Protocol
             kwargs.setdefault("h11_max_incomplete_event_size", MAX_HEAD_BYTES)
+            if "app" in kwargs:
+                kwargs["app"] = front(kwargs["app"])
+            else:
+                args = (front(args[0]), *args[1:])
             super().__init__(*args, **kwargs)
 
     uvicorn.Config = Config  # type: ignore[misc]

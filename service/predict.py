@@ -7,7 +7,7 @@ feature list (scorebox/encoding.py) and runs the rest of the pipeline on the flo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,23 +15,37 @@ import pyarrow as pa
 import sklearn
 from sklearn.pipeline import Pipeline
 
-from scorebox.encoding import Encoded, ValueProblem, encode_columns, encode_records, label_text
+from scorebox.compiled import CompiledModel
+from scorebox.encoding import (
+    Encoded,
+    InvalidRecords,
+    ValueProblem,
+    encode_columns,
+    encode_records,
+    label_text,
+)
 from scorebox.errors import ModelError
 from scorebox.modelinfo import ModelInfo
 from service.arrow import ArrowProblem
+from service.records import BodyProblem
 
 
 class Predictor:
     """A fitted pipeline with the metadata it was trained with."""
 
-    def __init__(self, pipeline: Pipeline, info: ModelInfo, tag: str) -> None:
+    def __init__(
+        self, pipeline: Pipeline, info: ModelInfo, tag: str, compiled: bytes | None = None
+    ) -> None:
         self.info = info
         self.tag = tag
         self.features = info.features
         encoder = pipeline.steps[0][1]
         if getattr(encoder, "features_", None) != info.features:
             raise ModelError(f"model {tag}: its encoder does not match its metadata's features")
-        self.model = pipeline[1:]
+        self.model: Any = pipeline[1:]
+        if compiled is not None:  # checked at training to answer as the pipeline does
+            self.model = CompiledModel(compiled, pipeline.steps[-1][1])
+        self.compiled = compiled is not None
         self.classes = list(getattr(pipeline, "classes_", []))
         self.keys = [label_text(c) for c in self.classes]
         self.labels = [_plain(c) for c in self.classes]
@@ -45,11 +59,13 @@ class Predictor:
                 return proba.argmax(axis=1), proba
             return np.asarray(self.model.predict(matrix), dtype=np.float64), None
 
-    def encode_records(
-        self, records: Sequence[Mapping[str, Any]]
-    ) -> tuple[np.ndarray, Counter[str]]:
-        """Checked JSON records as the model's matrix, and unseen categories per feature."""
-        return encode_records(self.features, records)
+    def encode_records(self, records: Sequence[Any]) -> tuple[np.ndarray, Counter[str]]:
+        """JSON records as the model's matrix, and unseen categories per feature; a value of
+        the wrong kind is a 422 naming the record and field."""
+        try:
+            return encode_records(self.features, records)
+        except InvalidRecords as exc:
+            raise BodyProblem(str(exc), 422) from None
 
     def answers(self, matrix: np.ndarray) -> list[dict[str, Any]]:
         """One JSON prediction a row of ``matrix``."""

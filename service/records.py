@@ -4,22 +4,22 @@ Before the JSON is decoded, its shape is bounded: records are flat objects, so a
 at most one ``{`` per record (plus the wrapper) and one ``,`` per field. A cheap count of both
 characters settles almost every body; only one with more of them than the limits allow (they
 may sit inside strings) is scanned token by token, stopping as soon as a limit is passed.
-Validation keeps the first few errors and counts the rest, so a small body can never make the
-service build millions of objects or messages.
+Values are checked as they are encoded (scorebox/encoding.py), which spells out the first 20
+problems and only counts the rest, so a small body can never make the service build millions of
+objects or messages.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from scorebox.encoding import ValueProblem, bool_value, days_value, number_value
+import msgspec
+
 from scorebox.features import Feature
 
-# Errors spelled out in one answer; the rest are counted.
-MAX_ERRORS_SHOWN = 20
+_decode = msgspec.json.Decoder().decode
 # A JSON string, or a character that opens an object or separates values.
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{,]', re.DOTALL)
 
@@ -48,55 +48,17 @@ def _too_big(body: bytes, max_objects: int, max_commas: int) -> bool:
     return False
 
 
-def _check_value(feature: Feature, value: Any) -> None:
-    """Raise ValueProblem when ``value`` is not a JSON value of the feature's kind."""
-    if feature.kind == "number":
-        number_value(value)
-    elif feature.kind == "bool":
-        bool_value(value)
-    elif feature.kind == "category":
-        if value is not None and not isinstance(value, str):
-            raise ValueProblem("expected text or null")
-    else:
-        days_value(value)
-
-
-def _problems(
-    record: Any, features: Sequence[Feature], names: set[str]
-) -> Iterator[tuple[str, str]]:
-    """(field, problem) for everything wrong with one record; messages are built only for the
-    problems an answer shows."""
-    if not isinstance(record, dict):
-        yield "", "expected an object of feature values"
-        return
-    for feature in features:
-        if feature.name not in record:
-            yield f".{feature.name}", "Field required"
-            continue
-        try:
-            _check_value(feature, record[feature.name])
-        except ValueProblem as exc:
-            yield f".{feature.name}", str(exc)
-    if len(record) + sum(f.name not in record for f in features) > len(features):
-        for key in record:
-            if key not in names:
-                yield f".{key}", "not a feature of this model"
-
-
-def parse_records(
-    body: bytes, features: Sequence[Feature], max_records: int
-) -> list[dict[str, Any]]:
-    """The records of a ``/predict`` body, every value checked against its feature's kind.
+def parse_records(body: bytes, features: Sequence[Feature], max_records: int) -> list[Any]:
+    """The records of a ``/predict`` body (their values are checked as they are encoded).
 
     Raises BodyProblem: 400 for a body that is not JSON, 413 for more records (or values) than
-    the limit allows, 422 naming the record index and field of the first errors (and how many
-    more there were).
+    the limit allows, 422 for a body that is not ``{"records": [...]}``.
     """
     if _too_big(body, max_records + 1, max_records * (len(features) + 1)):
         raise BodyProblem(_limit_message(max_records, "more than"), 413)
     try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        decoded = _decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise BodyProblem(f"malformed JSON body: {exc}", 400) from None
     if not isinstance(decoded, dict) or "records" not in decoded:
         raise BodyProblem('body: expected {"records": [...]}; records: Field required', 422)
@@ -110,17 +72,6 @@ def parse_records(
         raise BodyProblem("records: expected a non-empty list of objects (or one object)", 422)
     if len(records) > max_records:
         raise BodyProblem(_limit_message(max_records, str(len(records))), 413)
-    names = {f.name for f in features}
-    shown: list[str] = []
-    total = 0
-    for index, record in enumerate(records):
-        for field, problem in _problems(record, features, names):
-            total += 1
-            if len(shown) < MAX_ERRORS_SHOWN:
-                shown.append(f"records[{index}]{field}: {problem}")
-    if total:
-        more = f" (and {total - len(shown)} more)" if total > len(shown) else ""
-        raise BodyProblem(f"{total} invalid field(s): {'; '.join(shown)}{more}", 422)
     return records
 
 

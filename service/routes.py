@@ -1,5 +1,6 @@
-"""The service's HTTP routes, a Starlette app mounted in the BentoML service (BentoML keeps
-``/livez``, ``/readyz`` and ``/metrics``). Every input problem is a 4xx naming it."""
+"""scorebox's routes, answered by the front app (service/front.py): predictions from JSON records
+and Arrow batches, the model's description, the OpenAPI document and the front page. Every
+input problem is a 4xx naming it."""
 
 from __future__ import annotations
 
@@ -8,15 +9,11 @@ import math
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-import bentoml
 from prometheus_client import Counter
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
 
 from service import openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
+from service.front import Answer, Request, Route
 from service.records import BodyProblem, parse_records
 
 if TYPE_CHECKING:
@@ -33,18 +30,13 @@ unseen_categories = Counter(
     "Category values never seen in training (scored as missing), by feature",
     ["feature"],
 )
+# Up to this many rows, a compiled model scores on the event loop: cheaper than a thread hop.
+INLINE_ROWS = 64
 
 
-def _service() -> Scorebox:
-    return bentoml.get_current_service()
-
-
-def _refuse(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error}, status_code=status)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _media_type(request: Request, default: str) -> str:
+    given = request.headers.get(b"content-type", b"").decode("latin-1")
+    return given.split(";")[0].strip().lower() or default
 
 
 def _count_unseen(unseen: Any) -> None:
@@ -52,99 +44,88 @@ def _count_unseen(unseen: Any) -> None:
         unseen_categories.labels(feature=feature).inc(count)
 
 
-async def predict(request: Request) -> Response:
-    """JSON records in, one prediction each out."""
-    service = _service()
-    media_type = _media_type(request) or "application/json"
-    if media_type != "application/json":
-        return _refuse(415, f"send application/json, not {media_type!r}")
-    predictor = service.predictor
-    try:
-        records = parse_records(await request.body(), predictor.features, service.max_records)
-    except BodyProblem as problem:
-        return _refuse(problem.status, str(problem))
-    matrix, unseen = predictor.encode_records(records)
-    answers = await service.coalesce(matrix)
-    _count_unseen(unseen)
-    rows_predicted.labels(endpoint="predict").inc(len(records))
-    for answer in answers:
-        value = answer["prediction"]
-        if isinstance(value, float) and not math.isfinite(value):
-            answer["prediction"] = None  # a linear model can overflow on extreme inputs
-    return JSONResponse({"model": predictor.tag, "predictions": answers})
+def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
+    """The routes of ``service``, by (method, path)."""
 
+    async def predict(request: Request) -> Answer:
+        """JSON records in, one prediction each out."""
+        media_type = _media_type(request, "application/json")
+        if media_type != "application/json":
+            return Answer(415, {"error": f"send application/json, not {media_type!r}"})
+        predictor = service.predictor
+        try:
+            records = parse_records(request.body, predictor.features, service.max_records)
+            matrix, unseen = predictor.encode_records(records)
+        except BodyProblem as problem:
+            return Answer(problem.status, {"error": str(problem)})
+        if predictor.compiled and len(records) <= INLINE_ROWS:
+            answers = predictor.answers(matrix)
+        else:
+            answers = await service.coalesce(matrix)
+        _count_unseen(unseen)
+        rows_predicted.labels(endpoint="predict").inc(len(records))
+        for answer in answers:
+            value = answer["prediction"]
+            if isinstance(value, float) and not math.isfinite(value):
+                answer["prediction"] = None  # a linear model can overflow on extreme inputs
+        return Answer(200, {"model": predictor.tag, "predictions": answers})
 
-async def predict_arrow(request: Request) -> Response:
-    """An Arrow stream of feature columns in, a stream of predictions out."""
-    service = _service()
-    media_type = _media_type(request) or ARROW_MEDIA_TYPE
-    if media_type not in (ARROW_MEDIA_TYPE, "application/octet-stream"):
-        return _refuse(415, f"send {ARROW_MEDIA_TYPE}, not {media_type!r}")
-    predictor = service.predictor
-    body = await request.body()
+    async def predict_arrow(request: Request) -> Answer:
+        """An Arrow stream of feature columns in, a stream of predictions out."""
+        media_type = _media_type(request, ARROW_MEDIA_TYPE)
+        if media_type not in (ARROW_MEDIA_TYPE, "application/octet-stream"):
+            return Answer(415, {"error": f"send {ARROW_MEDIA_TYPE}, not {media_type!r}"})
+        predictor = service.predictor
 
-    def score() -> tuple[bytes, int, Any]:
-        table = read_table(body, service.max_rows)
-        encoded = predictor.encode_table(table)
-        result = predictor.score_table(encoded)
-        return write_table(result), sum(e is not None for e in encoded.errors), encoded
+        def score() -> tuple[bytes, Any]:
+            encoded = predictor.encode_table(read_table(request.body, service.max_rows))
+            return write_table(predictor.score_table(encoded)), encoded
 
-    try:
-        payload, rejected, encoded = await asyncio.get_running_loop().run_in_executor(
-            service.scoring, score
+        try:
+            payload, encoded = await asyncio.get_running_loop().run_in_executor(
+                service.scoring, score
+            )
+        except ArrowProblem as problem:
+            return Answer(problem.status, {"error": str(problem)})
+        rejected = sum(e is not None for e in encoded.errors)
+        _count_unseen(encoded.unseen)
+        rows_predicted.labels(endpoint="arrow").inc(len(encoded.errors) - rejected)
+        if rejected:
+            rows_rejected.labels(endpoint="arrow").inc(rejected)
+        return Answer(
+            200, payload, ARROW_MEDIA_TYPE, [(b"x-scorebox-model", predictor.tag.encode())]
         )
-    except ArrowProblem as problem:
-        return _refuse(problem.status, str(problem))
-    _count_unseen(encoded.unseen)
-    rows_predicted.labels(endpoint="arrow").inc(len(encoded.errors) - rejected)
-    if rejected:
-        rows_rejected.labels(endpoint="arrow").inc(rejected)
-    return Response(
-        payload, media_type=ARROW_MEDIA_TYPE, headers={"X-Scorebox-Model": predictor.tag}
-    )
 
+    async def describe(request: Request) -> Answer:
+        """The served model: tag, task, features, classes, metrics, fingerprint."""
+        return Answer(200, service.describe())
 
-async def describe(request: Request) -> Response:
-    """The served model: tag, task, features, classes, metrics, fingerprint."""
-    return JSONResponse(_service().describe())
-
-
-async def docs(request: Request) -> Response:
-    """The OpenAPI document, built from the model's features."""
-    service = _service()
-    return JSONResponse(
-        openapi.document(
-            service.predictor.info, service.predictor.tag, service.max_records, service.auth
+    async def docs(request: Request) -> Answer:
+        """The OpenAPI document, built from the model's features."""
+        predictor = service.predictor
+        return Answer(
+            200, openapi.document(predictor.info, predictor.tag, service.max_records, service.auth)
         )
-    )
 
-
-async def front_page(request: Request) -> Response:
-    """What the model is and how to call it."""
-    service = _service()
-    base = str(request.base_url).rstrip("/")
-    return HTMLResponse(
-        page.render(
-            service.predictor.info, service.predictor.tag, base, service.auth, service.max_records
+    async def front_page(request: Request) -> Answer:
+        """What the model is and how to call it."""
+        predictor = service.predictor
+        html = page.render(
+            predictor.info, predictor.tag, request.base_url, service.auth, service.max_records
         )
-    )
+        return Answer(200, html.encode(), "text/html; charset=utf-8")
 
+    swagger_page = files("_bentoml_impl.server").joinpath("main-openapi.html").read_bytes()
 
-_SWAGGER = files("_bentoml_impl.server").joinpath("main-openapi.html")
+    async def swagger(request: Request) -> Answer:
+        """BentoML's Swagger UI, reading this service's ``/docs.json``."""
+        return Answer(200, swagger_page, "text/html; charset=utf-8")
 
-
-async def swagger(request: Request) -> Response:
-    """BentoML's Swagger UI, reading this service's ``/docs.json``."""
-    return HTMLResponse(_SWAGGER.read_text())
-
-
-app = Starlette(
-    routes=[
-        Route("/", front_page, methods=["GET"]),
-        Route("/docs.json", docs, methods=["GET"]),
-        Route("/swagger", swagger, methods=["GET"]),
-        Route("/predict", predict, methods=["POST"]),
-        Route("/v1/model", describe, methods=["GET"]),
-        Route("/v1/predict/arrow", predict_arrow, methods=["POST"]),
-    ]
-)
+    return {
+        ("GET", "/"): front_page,
+        ("GET", "/docs.json"): docs,
+        ("GET", "/swagger"): swagger,
+        ("POST", "/predict"): predict,
+        ("GET", "/v1/model"): describe,
+        ("POST", "/v1/predict/arrow"): predict_arrow,
+    }

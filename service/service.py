@@ -1,9 +1,10 @@
 """The BentoML service, served by `bentoml serve .` (see bentofile.yaml).
 
 The model is chosen by SCOREBOX_MODEL_NAME and SCOREBOX_MODEL_TAG (default ``latest``); its
-metadata shapes the request schema, so the OpenAPI document shows the real feature names. The
-routes are a Starlette app (service/routes.py) mounted at the root; BentoML runs the worker
-processes and serves ``/livez``, ``/readyz`` and ``/metrics``.
+metadata shapes the request schema, so the OpenAPI document shows the real feature names.
+scorebox's routes (service/routes.py) are answered by its own ASGI app in front of BentoML's
+(service/front.py); BentoML runs the worker processes and serves ``/livez``, ``/readyz`` and
+``/metrics``.
 
 Stop it with SIGTERM (or SIGINT): the workers finish the requests in flight and exit. A worker
 also exits when the `bentoml serve` process dies, even by SIGKILL, so none is left on the port.
@@ -23,20 +24,32 @@ import bentoml
 from bentoml.exceptions import NotFound
 from threadpoolctl import threadpool_limits
 
+from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo, verify_artifact
+from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
 from scorebox.settings import get_settings
 from service import http
-from service.auth import BearerAuth
 from service.batching import Coalescer
-from service.limits import BodyLimit
+from service.front import Front
 from service.predict import Predictor
-from service.routes import app as routes
+from service.routes import routes
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
-http.install(settings.service_header_timeout)
+
+
+def _front(app: Any) -> Front:
+    return Front(
+        app,
+        lambda: routes(bentoml.get_current_service()),
+        settings.api_token.get_secret_value() if settings.api_token else None,
+        settings.service_max_body_bytes,
+        settings.service_body_timeout,
+    )
+
+
+http.install(settings.service_header_timeout, _front)
 MODEL_TAG = f"{settings.model_name}:{settings.model_tag}"
 # Values per batch the service will hold at once: rows x features, about 80 MB of floats.
 MAX_CELLS = 10_000_000
@@ -71,7 +84,6 @@ def _die_with_parent() -> None:
 _stored_model(MODEL_TAG)
 
 
-@bentoml.asgi_app(routes, path="/")
 @bentoml.service(name="scorebox", workers=settings.service_workers, traffic={"timeout": 60})
 class Scorebox:
     """Predictions from the registered scorebox model."""
@@ -83,8 +95,10 @@ class Scorebox:
         model = self.model_ref
         stored = _stored_model(str(model.tag))
         info = ModelInfo.from_metadata(stored.info.metadata, str(model.tag))
-        verify_artifact(Path(model.path), info, str(model.tag))
-        self.predictor = Predictor(bentoml.sklearn.load_model(model), info, str(model.tag))
+        files = verified_files(Path(model.path), info, str(model.tag))
+        self.predictor = Predictor(
+            load_pipeline(files), info, str(model.tag), files.get(ONNX_ARTIFACT)
+        )
         self.max_records = settings.service_max_records
         self.max_rows = max(1, min(settings.service_max_rows, MAX_CELLS // len(info.features)))
         self.auth = settings.api_token is not None
@@ -117,14 +131,6 @@ class Scorebox:
             "artifact_sha256": info.artifact_sha256,
             "estimator": info.estimator,
             "left_out": info.left_out,
+            "compiled": self.predictor.compiled,
+            "compiled_note": info.compiled_note,
         }
-
-
-# Added first, so it runs inside auth: an unauthenticated client learns nothing about limits.
-Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]
-    BodyLimit, max_bytes=settings.service_max_body_bytes, deadline=settings.service_body_timeout
-)
-if settings.api_token is not None:
-    Scorebox.add_asgi_middleware(  # type: ignore[attr-defined]
-        BearerAuth, token=settings.api_token.get_secret_value()
-    )

@@ -160,8 +160,14 @@ def scoring(
     upgrade(engine, settings.predictions_table)
     with engine.begin() as conn:
         seed(conn, settings.feature_table, id_column="id", target_column="target")
+    # Workers of the served model's deployment: its name gives their queue.
     return settings.model_copy(
-        update={"redis_url": redis_url, "service_url": service_url, "chunk_size": 100}
+        update={
+            "redis_url": redis_url,
+            "service_url": service_url,
+            "chunk_size": 100,
+            "model_name": trained.settings.model_name,
+        }
     )
 
 

@@ -187,6 +187,7 @@ GRANT SELECT ON {schema}.features TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.predictions TO {role};
 GRANT SELECT, UPDATE ON {schema}.scorebox_jobs, {schema}.scorebox_chunks TO {role};
 GRANT SELECT, INSERT, UPDATE ON {schema}.scorebox_failed_rows TO {role};
+GRANT SELECT ON {schema}.scorebox_alembic_version TO {role};
 """
 SCHEDULE_GRANTS = """
 GRANT INSERT ON {schema}.scorebox_jobs, {schema}.scorebox_chunks TO {role};

@@ -25,7 +25,7 @@ def test_upgrade_from_empty_creates_tables_at_head(settings: Settings, engine: E
     tables = set(inspect(engine).get_table_names())
     assert {settings.predictions_table, JOBS_TABLE} <= tables
     primary_key = inspect(engine).get_pk_constraint(settings.predictions_table)
-    assert primary_key["constrained_columns"] == ["source_table", "model_tag", "row_id"]
+    assert primary_key["constrained_columns"] == ["row_id", "model_tag", "source_table"]
 
 
 def _old_rows(engine: Engine) -> None:

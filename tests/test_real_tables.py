@@ -39,7 +39,7 @@ from tests.scoring import env_for, wait_for
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
-from worker.reading import read_rows
+from worker.store import make_store
 
 SCHEMA, TABLE = "Field Study", "Pingüinos 2007-2009"
 ID, TARGET = "Penguin ID", "species"
@@ -304,9 +304,10 @@ def test_each_kind_encodes_identically_on_every_path(penguins: Penguins, tmp_pat
         with ServiceClient(penguins.url, None, 60) as client:
             job_id = submit_job(engine, settings, client, lambda *_: None, table=table, mode="all")
         job = get_job(engine, settings, job_id)
-        tables = Tables.build(settings.predictions_table)
-        rows = read_rows(engine, tables, job, str(frame[ID].min()), str(frame[ID].max()))
-        assert rows.keys == frame[ID].tolist()
+        store = make_store(engine, Tables.build(settings.predictions_table))
+        rows = store.read(job, str(frame[ID].min()), str(frame[ID].max()))
+        store.close()
+        assert rows.keys.to_pylist() == frame[ID].tolist()
         matrices[path] = encode_columns(
             info.features, {n: rows.table.column(n) for n in names}
         ).matrix
@@ -344,7 +345,7 @@ def test_json_takes_booleans_text_dates_and_nulls_and_names_bad_values(penguins:
     problem = response.json()["error"]
     assert "records[1].Is Male: expected true or false, got the text 'yes'" in problem
     assert "records[1].Seen On: expected an ISO 8601 date or timestamp" in problem
-    assert "records[1].Island: expected text or null" in problem
+    assert "records[1].Island: expected text, got the number 3" in problem
     assert "records[0]" not in problem
 
 

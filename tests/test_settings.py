@@ -68,7 +68,16 @@ def test_any_name_the_database_could_hold_is_accepted_as_written() -> None:
     assert parse_table('"my.table"') == TableName(None, "my.table")
     assert parse_table('a."b""c"') == TableName("a", 'b"c')
     assert str(TableName("ml", "my.table")) == 'ml."my.table"'
-    assert load_settings(model_name="churn").queue_name == "scorebox.churn"
+    churn = load_settings(model_name="churn", database_url="postgresql://u:secret@db:5432/prod")
+    staging = churn.model_copy(update={"database_url": "postgresql://u@db:5432/staging"})
+    assert churn.queue_name.startswith("scorebox.churn.")
+    assert staging.queue_name != churn.queue_name  # same model, another database
+    assert churn.queue_for("other") != churn.queue_name
+    # The worker's role and the CLI's reach one database: one queue, and no secret in its name.
+    worker = churn.model_copy(update={"database_url": "postgresql://worker:pw@db:5432/prod"})
+    assert worker.queue_name == churn.queue_name
+    assert "secret" not in churn.queue_name
+    assert churn.model_copy(update={"queue": "mine"}).queue_name == "mine"
 
 
 def test_cli_reports_invalid_setting_without_traceback() -> None:

@@ -27,10 +27,10 @@ from tests.scoring import (
     wait_for,
 )
 from worker.celery_app import chunk_sender, make_app
-from worker.chunks import claim, predictions_of, run_chunk, write
+from worker.chunks import claim, run_chunk
 from worker.client import ServiceClient
 from worker.jobs import cancel_job, get_job, resume_job, submit_job
-from worker.reading import read_rows
+from worker.store import make_store, predictions_of
 
 
 def test_job_scores_every_row_like_the_model_itself(
@@ -91,9 +91,11 @@ def test_chunk_delivered_twice_leaves_the_same_rows(
 ) -> None:
     job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
     tables = Tables.build(scoring.predictions_table)
-    assert run_chunk(engine, tables, client, job_id, 0, 60) == "done"
+    store = make_store(engine, tables)
+    assert run_chunk(store, engine, tables, client, job_id, 0, 60) == "done"
     first = predictions(engine)
-    assert run_chunk(engine, tables, client, job_id, 0, 60) == "skipped"
+    assert run_chunk(store, engine, tables, client, job_id, 0, 60) == "skipped"
+    store.close()
     assert predictions(engine).equals(first)
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
@@ -108,12 +110,14 @@ def test_worker_whose_lease_expired_writes_nothing(
     time.sleep(0.5)
     taken_over = claim(engine, tables, job_id, 0, lease=60)
     assert taken_over is not None and taken_over.token != stalled.token
-    rows = read_rows(engine, tables, stalled.job, stalled.id_lo, stalled.id_hi)
+    store = make_store(engine, tables)
+    rows = store.read(stalled.job, stalled.id_lo, stalled.id_hi)
     _, result = client.score(rows.table)
     scored = predictions_of(rows.keys, result)
-    assert write(engine, tables, stalled, scored) is False
+    assert store.write(stalled.lease, scored) is False
     assert predictions(engine).empty
-    assert write(engine, tables, taken_over, scored) is True
+    assert store.write(taken_over.lease, scored) is True
+    store.close()
     assert len(predictions(engine)) == 100
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 

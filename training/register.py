@@ -10,8 +10,9 @@ import bentoml
 import joblib
 from sklearn.pipeline import Pipeline
 
+from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo, verify_artifact
+from scorebox.modelinfo import ModelInfo, verified_files
 
 
 def artifact_sha256(pipeline: Pipeline) -> str:
@@ -21,8 +22,11 @@ def artifact_sha256(pipeline: Pipeline) -> str:
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def register(name: str, pipeline: Pipeline, info: ModelInfo) -> bentoml.Model:
-    """Save to the model store; the stored artifact must hash to ``info.artifact_sha256``."""
+def register(
+    name: str, pipeline: Pipeline, info: ModelInfo, compiled: bytes | None = None
+) -> bentoml.Model:
+    """Save to the model store, with the compiled model beside the pickle when there is one;
+    the stored files must hash to what ``info`` records."""
     signatures = {"predict": {"batchable": True}}
     if info.task == "classification":
         signatures["predict_proba"] = {"batchable": True}
@@ -34,8 +38,10 @@ def register(name: str, pipeline: Pipeline, info: ModelInfo) -> bentoml.Model:
         metadata=info.to_metadata(),
     )
     model = bentoml.models.get(saved.tag)  # the stored copy, not the build directory
+    if compiled is not None:
+        (Path(model.path) / ONNX_ARTIFACT).write_bytes(compiled)
     try:
-        verify_artifact(Path(model.path), info, str(model.tag))
+        verified_files(Path(model.path), info, str(model.tag))
     except ModelError:
         bentoml.models.delete(model.tag)
         raise ModelError(

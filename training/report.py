@@ -81,6 +81,7 @@ def write_report(
 - table: `{info.feature_table}`, id `{info.id_column}`, target `{info.target_column}`
 - rows: {info.training_rows} for training, {info.holdout_rows} held out
 - training data fingerprint: `{info.fingerprint}`
+- {info.compiled_note}
 {notes}
 
 | metric (holdout) | value |

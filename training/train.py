@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 from sqlalchemy import Engine
 
 from scorebox.encoding import json_value
@@ -20,6 +22,7 @@ from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
 from scorebox.settings import Settings
 from training import data
+from training.compile import Compiled, compile_model
 from training.evaluate import evaluate
 from training.pipeline import build_pipeline, check_classes, infer_task
 from training.register import artifact_sha256, register
@@ -70,6 +73,14 @@ def _split(
     return x_train, x_test, y_train, y_test
 
 
+def compile_pipeline(pipeline: Pipeline, holdout: pd.DataFrame) -> Compiled:
+    """The pipeline's tree ensemble compiled and checked on the encoded holdout rows; a
+    pipeline with steps between the encoder and the estimator (linear models) is not."""
+    if len(pipeline.steps) != 2:
+        return Compiled(None, "not compiled: only tree ensembles are")
+    return compile_model(pipeline.steps[-1][1], pipeline.steps[0][1].transform(holdout))
+
+
 def train(
     settings: Settings, engine: Engine, step: Callable[[str], None] = lambda _: None
 ) -> TrainResult:
@@ -102,6 +113,8 @@ def train(
         pipeline.fit(x_train, y_train)
     step(f"evaluating on {len(x_test)} held-out rows")
     metrics, undefined = evaluate(pipeline, x_test, y_test, task)
+    step("compiling the model")
+    compiled = compile_pipeline(pipeline, x_test)
 
     info = ModelInfo(
         task=task,
@@ -121,9 +134,11 @@ def train(
         left_out=loaded.left_out,
         metrics_undefined=undefined,
         example={str(name): json_value(value) for name, value in x_test.iloc[0].items()},
+        compiled_sha256="" if compiled.onnx is None else hashlib.sha256(compiled.onnx).hexdigest(),
+        compiled_note=compiled.summary,
     )
     step(f"registering {settings.model_name} in the BentoML model store")
-    model = register(settings.model_name, pipeline, info)
+    model = register(settings.model_name, pipeline, info, compiled.onnx)
     report = write_report(
         Path(model.path) / "report", str(model.tag), info, pipeline, x_test, y_test
     )

@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, true, update
+from sqlalchemy import Engine, Table, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import ScoreboxError
 from scorebox.features import KeyKind, check_keys, resolve_key
-from scorebox.names import require_column, resolve_table
+from scorebox.names import TableName, require_column, resolve_table
 from scorebox.settings import Settings
 from worker.client import ServiceClient
 from worker.reading import read_as, unscored
@@ -33,11 +33,35 @@ Enqueue = Callable[[int, int, str], None]
 
 
 def plan(
-    conn: Connection, source: Table, id_column: str, size: int, where: Any
+    conn: Connection, source: Table, id_column: str, size: int, where: Any = None
 ) -> list[tuple[Any, Any, int]]:
-    """Chunks of ``size`` rows in key order: (first key, last key, rows), without OFFSET. Only the
-    rows that open or close a chunk are fetched (keys of any orderable type: no min/max)."""
+    """Chunks of ``size`` rows in key order: (first key, last key, rows); keys of any orderable
+    type. Every row: a keyset walk of the key's index, each step reading ``size`` entries past the
+    previous chunk's start. Only the rows matching ``where`` (mode ``new``): one set-based pass
+    (the database joins the table against the predictions once, not row by row) that returns
+    just the keys opening and closing each chunk."""
     ids = source.c[id_column]
+    if where is not None:
+        return _plan_matching(conn, source, ids, size, where)
+    lo = conn.execute(select(ids).order_by(ids).limit(1)).scalar()
+    chunks: list[tuple[Any, Any, int]] = []
+    while lo is not None:
+        after = select(ids).where(ids >= lo).order_by(ids)
+        ends = conn.execute(after.offset(size - 1).limit(2)).scalars().all()
+        if ends:
+            chunks.append((lo, ends[0], size))
+            lo = ends[1] if len(ends) == 2 else None
+            continue
+        rest = select(func.count()).select_from(source).where(ids >= lo)
+        last = conn.execute(select(ids).where(ids >= lo).order_by(ids.desc()).limit(1))
+        chunks.append((lo, last.scalar_one(), conn.execute(rest).scalar_one()))
+        lo = None
+    return chunks
+
+
+def _plan_matching(
+    conn: Connection, source: Table, ids: Any, size: int, where: Any
+) -> list[tuple[Any, Any, int]]:
     numbered = (
         select(
             ids.label("id"),
@@ -49,17 +73,16 @@ def plan(
     )
     n, total = numbered.c.n, numbered.c.total
     bounds = conn.execute(
-        select(numbered.c.id, n)
+        select(numbered.c.id, n, total)
         .where((n % size == 0) | (n % size == size - 1) | (n == total - 1))
         .order_by(n)
     ).all()
     chunks: list[tuple[Any, Any, int]] = []
-    for key, position in bounds:
+    for key, position, count in bounds:
         if position % size == 0:
-            chunks.append((key, key, 1))
+            chunks.append((key, key, min(size, count - position)))
         else:
-            first, _, _ = chunks[-1]
-            chunks[-1] = (first, key, position % size + 1)
+            chunks[-1] = (chunks[-1][0], key, chunks[-1][2])
     return chunks
 
 
@@ -106,6 +129,8 @@ def submit_job(
         raise ScoreboxError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     described = client.describe()
     served = str(described["tag"])
+    # The deployment of the served model: its workers share the service's model name.
+    queue = settings.queue_for(served.partition(":")[0])
     if model_tag is not None and _resolve_tag(model_tag) != served:
         raise ScoreboxError(
             f"the service at {client.base_url} serves {served}, not {model_tag}; "
@@ -128,11 +153,11 @@ def submit_job(
             for f in described["features"]
         ]
         check_keys(conn, source, name, settings.id_column)
-        where = (
-            unscored(source, settings.id_column, tables.predictions, str(name), served)
-            if mode == "new"
-            else true()
-        )
+        where = None
+        if mode == "new":
+            where = unscored(source, settings.id_column, tables.predictions, str(name), served)
+            if conn.dialect.name == "postgresql":  # room to hash the table's predictions once
+                conn.execute(text("SET LOCAL work_mem = '256MB'"))
         chunks = plan(conn, source, settings.id_column, settings.chunk_size, where)
         total = sum(rows for _, _, rows in chunks)
         job_id = conn.execute(
@@ -149,7 +174,8 @@ def submit_job(
                 chunks_total=len(chunks),
                 finished_at=None if chunks else utcnow(),
                 key_kind=key_kind,
-                queue=settings.queue_name,
+                key_type=_sql_type(conn, name, settings.id_column),
+                queue=queue,
                 max_failed_rows=max_failed(max_failed_rows, total),
             )
             .returning(tables.jobs.c.id)
@@ -163,9 +189,24 @@ def submit_job(
                 ],
             )
     for n in range(len(chunks)):
-        enqueue(job_id, n, settings.queue_name)
+        enqueue(job_id, n, queue)
     log.info("job %s: %s rows of %s in %s chunks", job_id, total, name, len(chunks))
     return int(job_id)
+
+
+def _sql_type(conn: Connection, name: TableName, column: str) -> str | None:
+    """The column's type as PostgreSQL writes it (``bigint``, ``uuid``, ``"s".island``)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    quote = conn.dialect.identifier_preparer.quote_identifier
+    table = ".".join(quote(part) for part in (name.schema, name.name) if part is not None)
+    return conn.execute(
+        text(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = CAST(:table AS regclass) AND attname = :column"
+        ),
+        {"table": table, "column": column},
+    ).scalar_one()
 
 
 def _resolve_tag(tag: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -16,26 +17,42 @@ from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
 from worker import schedule
 from worker.celery_app import SCORE_CHUNK, app, chunk_sender
-from worker.chunks import TRANSIENT, run_chunk
+from worker.chunks import is_transient, run_chunk
 from worker.client import ServiceClient
 from worker.jobs import fail_job, submit_job
+from worker.store import Store, make_store
 from worker.sweeper import Sweeper, sweep
 
 log = logging.getLogger(__name__)
 
-_contexts: dict[int, tuple[Settings, Engine, Tables, ServiceClient]] = {}
+
+@dataclass(frozen=True)
+class Context:
+    """What a worker process works with: settings, database, tables, store, service client."""
+
+    settings: Settings
+    engine: Engine
+    tables: Tables
+    store: Store
+    client: ServiceClient
 
 
-def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
-    """Per process (pool children are forked after the parent may have built its own):
-    settings, engine, tables, service client."""
+_contexts: dict[int, Context] = {}
+
+
+def _context() -> Context:
+    """Per process (pool children are forked after the parent may have built its own)."""
     pid = os.getpid()
     if pid not in _contexts:
         settings = get_settings()
-        _contexts[pid] = (
+        name = f"scorebox-worker:{pid}"  # how pg_stat_activity shows this process's connections
+        engine = make_engine(settings.database_url, application_name=name)
+        tables = Tables.build(settings.predictions_table)
+        _contexts[pid] = Context(
             settings,
-            make_engine(settings.database_url, application_name=f"scorebox-worker:{pid}"),
-            Tables.build(settings.predictions_table),
+            engine,
+            tables,
+            make_store(engine, tables, name),
             ServiceClient.from_settings(settings),
         )
     return _contexts[pid]
@@ -52,7 +69,8 @@ def _context() -> tuple[Settings, Engine, Tables, ServiceClient]:
 )
 def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
     """Score chunk ``chunk_no`` of job ``job_id``; retry with backoff on transient errors."""
-    settings, engine, tables, client = _context()
+    context = _context()
+    settings, engine, tables = context.settings, context.engine, context.tables
     if queue != settings.queue_name:
         # Not this deployment's work: drop the message without touching the job; the right
         # deployment's sweeper sends the chunk again.
@@ -65,8 +83,18 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
         )
         raise Reject(f"chunk for queue {queue}", requeue=False)
     try:
-        outcome = run_chunk(engine, tables, client, job_id, chunk_no, settings.chunk_lease_seconds)
-    except TRANSIENT as exc:
+        outcome = run_chunk(
+            context.store,
+            engine,
+            tables,
+            context.client,
+            job_id,
+            chunk_no,
+            settings.chunk_lease_seconds,
+        )
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
         retries = self.request.retries
         reason = " ".join(str(exc).split())[:300]
         if retries >= settings.service_retries:
@@ -86,9 +114,10 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
 def score_new_rows() -> int | None:
     """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction. The
     outcome is kept (worker/schedule.py) so that `scorebox jobs list` shows a failed run."""
-    settings, engine, _, client = _context()
+    context = _context()
+    settings = context.settings
     try:
-        job_id = submit_job(engine, settings, client, chunk_sender(app), mode="new")
+        job_id = submit_job(context.engine, settings, context.client, chunk_sender(app), mode="new")
     except Exception as exc:
         log.exception("scheduled job failed")
         schedule.record(settings, None, " ".join(str(exc).split())[:500])

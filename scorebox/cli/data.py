@@ -125,6 +125,7 @@ def train(
     for note, count in info.data_notes.items():
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
+    console.print(f"speed: {info.compiled_note}", highlight=False, markup=False)
     console.print(f"report: {result.report}", highlight=False)
     if bento:
         _build_bento()
