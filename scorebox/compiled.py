@@ -17,6 +17,36 @@ import numpy as np
 ONNX_ARTIFACT = "model.onnx"
 
 
+def _known_categories(estimator: Any) -> list[tuple[int, int]]:
+    """(column, number of categories) of each categorical column of a HistGradientBoosting
+    model, whose learnt categories are the codes 0..k-1 (training/compile.py checks that)."""
+    preprocessor = getattr(estimator, "_preprocessor", None)
+    if preprocessor is None:
+        return []
+    encoder = preprocessor.named_transformers_["encoder"]
+    columns = np.flatnonzero(np.asarray(estimator.is_categorical_))
+    return [
+        (int(column), int(np.count_nonzero(~np.isnan(np.asarray(known, dtype=np.float64)))))
+        for column, known in zip(columns, encoder.categories_, strict=True)
+    ]
+
+
+def _unknown_as_missing(matrix: np.ndarray, categories: list[tuple[int, int]]) -> np.ndarray:
+    """``matrix`` with category codes the model never saw (negative, fractional or past the
+    last code) made missing, which is how scikit-learn routes them."""
+    fixed = matrix
+    for column, count in categories:
+        values = matrix[:, column]
+        with np.errstate(invalid="ignore"):
+            unknown = ~((values >= 0) & (values < count) & (values == np.floor(values)))
+        unknown &= ~np.isnan(values)
+        if unknown.any():
+            if fixed is matrix:
+                fixed = matrix.copy()
+            fixed[unknown, column] = np.nan
+    return fixed
+
+
 class CompiledModel:
     """The compiled trees of ``estimator`` (a fitted HistGradientBoosting or random forest)."""
 
@@ -37,9 +67,13 @@ class CompiledModel:
         # A forest's graph sums its trees; scikit-learn averages them.
         self._trees = 1 if self._boosted else len(estimator.estimators_)
         self.classes = getattr(estimator, "classes_", None)
+        self._categories = _known_categories(estimator)
 
     def _raw(self, matrix: np.ndarray) -> np.ndarray:
-        raw = self._session.run(None, {self._input: np.ascontiguousarray(matrix, np.float64)})[0]
+        matrix = np.ascontiguousarray(matrix, np.float64)
+        if self._categories:
+            matrix = _unknown_as_missing(matrix, self._categories)
+        raw = self._session.run(None, {self._input: matrix})[0]
         if self._boosted:
             return np.asarray(raw + self._estimator._baseline_prediction, dtype=np.float64)
         return np.asarray(raw, dtype=np.float64) / self._trees

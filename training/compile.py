@@ -252,6 +252,8 @@ def edge_rows(estimator: Any, base: np.ndarray, limit: int = 3000) -> np.ndarray
                     if row["is_categorical"]:  # the codes the encoder can give
                         known = np.unique(base[:, feature][~np.isnan(base[:, feature])])
                         values += [(feature, float(code)) for code in known]
+                        # Codes never learnt go where missing values go, as in scikit-learn.
+                        values += [(feature, -1.0), (feature, float(len(known)))]
                     else:
                         threshold = float(row["num_threshold"])
                         values += [
