@@ -123,6 +123,18 @@ class Settings(BaseSettings):
     def _cron(cls, value: str | None) -> str | None:
         if value and len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
+        if value:
+            from celery.schedules import crontab
+
+            fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+            for field, part in zip(fields, value.split(), strict=True):
+                try:
+                    crontab(**{field: part})
+                except (ValueError, TypeError, IndexError) as exc:
+                    what = field.replace("_", " ")
+                    raise ValueError(
+                        f"{value!r}: the {what} field {part!r} is invalid ({exc})"
+                    ) from None
         return value or None
 
     @property

@@ -79,9 +79,16 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _check_stored(tag: str) -> None:
+    stored = _stored_model(tag)
+    info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+    verified_files(Path(stored.path), info, str(stored.tag))
+
+
 # Checked when the module loads (in `bentoml serve` itself, before any worker starts), so a
-# missing model is one clear line rather than BentoML's attempt to pull it from its cloud.
-_stored_model(MODEL_TAG)
+# missing model is one clear line rather than BentoML's attempt to pull it from its cloud, and a
+# model whose files do not match their SHA-256 stops the server instead of each worker.
+_check_stored(MODEL_TAG)
 
 
 @bentoml.service(name="scorebox", workers=settings.service_workers, traffic={"timeout": 60})

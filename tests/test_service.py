@@ -292,6 +292,22 @@ def test_tampered_artifact_is_refused(trained: TrainedModel, tmp_path: Path) -> 
         verified_files(copy, trained.info, trained.tag)
 
 
+def test_service_with_a_tampered_artifact_stops_at_start(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    stored = bentoml.models.get(trained.tag)
+    home, versions = tmp_path / "bentoml", Path(stored.path).parent
+    shutil.copytree(versions, home / "models" / versions.name)
+    target = home / "models" / versions.name / Path(stored.path).name
+    with (target / ARTIFACT).open("ab") as artifact:
+        artifact.write(b"\x00")
+    env = process_env(trained.settings, BENTOML_HOME=str(home))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="refusing to load it"), serving(env, tmp_path / "log"):
+        pass
+    assert time.monotonic() - started < 60
+
+
 def test_service_refuses_to_start_without_the_model(trained: TrainedModel, tmp_path: Path) -> None:
     env = process_env(trained.settings, SCOREBOX_MODEL_NAME="no-such-model")
     expected = "no model no-such-model:latest in the BentoML store"

@@ -48,6 +48,9 @@ def test_empty_values_mean_unset() -> None:
         ("model_name", "Bad Name", "SCOREBOX_MODEL_NAME"),
         ("test_size", "1.5", "SCOREBOX_TEST_SIZE"),
         ("schedule_cron", "every hour", "SCOREBOX_SCHEDULE_CRON"),
+        ("schedule_cron", "0 25 * * *", "SCOREBOX_SCHEDULE_CRON.*hour field '25'"),
+        ("schedule_cron", "*/15 * * 13 *", "SCOREBOX_SCHEDULE_CRON.*month of year field '13'"),
+        ("schedule_cron", "0 0 * * someday", "SCOREBOX_SCHEDULE_CRON.*day of week field"),
         ("service_workers", "many", "SCOREBOX_SERVICE_WORKERS"),
     ],
 )

@@ -140,6 +140,7 @@ def test_null_targets_are_dropped_and_null_features_imputed(
     result = train(settings, engine)
     assert result.info.data_notes == {
         "rows_dropped_null_target": 7,
+        "rows_dropped_infinite_target": 0,
         "rows_dropped_infinite_feature": 0,
         "rows_with_null_features_imputed": 13,
     }
@@ -275,6 +276,10 @@ INFINITE = (
     "SELECT g, CASE WHEN g <= 3 THEN 'Infinity'::float ELSE g END, g % 2 "
     "FROM generate_series(1, 60) g"
 )
+INFINITE_TARGET = (
+    "SELECT g, g::float, CASE WHEN g <= 2 THEN '-Infinity'::float ELSE g * 1.5 END "
+    "FROM generate_series(1, 60) g"
+)
 
 
 @pytest.mark.parametrize(
@@ -286,6 +291,8 @@ INFINITE = (
         ("double precision", RATINGS, {"task": "regression"}),
         # infinity in a feature: the rows are dropped and counted, not a scikit-learn traceback
         ("int", INFINITE, {"task": "classification", "infinite": 3}),
+        # infinity in a float target: those rows are dropped and counted too
+        ("double precision", INFINITE_TARGET, {"task": "regression", "infinite_target": 2}),
     ],
 )
 def test_training_copes_with_real_class_balance_and_odd_values(
@@ -304,3 +311,19 @@ def test_training_copes_with_real_class_balance_and_odd_values(
         assert "roc_auc" not in info.metrics and "accuracy" in info.metrics
     if "infinite" in expect:
         assert info.data_notes["rows_dropped_infinite_feature"] == expect["infinite"]
+    if "infinite_target" in expect:
+        assert info.data_notes["rows_dropped_infinite_target"] == expect["infinite_target"]
+        assert info.training_rows + info.holdout_rows == 58
+
+
+def test_a_target_with_one_row_per_class_is_refused_in_one_line(
+    database_url: str, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE features (id int PRIMARY KEY, x float, target text)"))
+        conn.execute(
+            text("INSERT INTO features SELECT g, g, 'order-' || g FROM generate_series(1, 40) g")
+        )
+    with pytest.raises(DataError, match="no class of the target has two rows") as raised:
+        train(load_settings(database_url=database_url), engine)
+    assert "\n" not in str(raised.value) and "SCOREBOX_TARGET_COLUMN" in str(raised.value)

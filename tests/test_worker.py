@@ -100,6 +100,32 @@ def test_chunk_delivered_twice_leaves_the_same_rows(
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
 
+def test_rows_inserted_into_a_running_jobs_range_are_scored_and_counted(
+    scoring: Settings, engine: Engine, client: ServiceClient
+) -> None:
+    table = scoring.feature_table
+    with engine.begin() as conn:
+        row = conn.execute(text(f"SELECT * FROM {table} WHERE id = 5")).mappings().one()
+        conn.execute(text(f"DELETE FROM {table} WHERE id = 5"))
+    job_id = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    assert get_job(engine, scoring, job_id)["rows_total"] == 568
+    with engine.begin() as conn:  # back while the job runs, inside chunk 0's id range
+        columns = ", ".join(f'"{c}"' for c in row)
+        values = ", ".join(f":{i}" for i in range(len(row)))
+        conn.execute(
+            text(f"INSERT INTO {table} ({columns}) VALUES ({values})"),
+            {str(i): v for i, v in enumerate(row.values())},
+        )
+    tables = Tables.build(scoring.predictions_table)
+    store = make_store(engine, tables)
+    chunks = get_job(engine, scoring, job_id)["chunks_total"]
+    for chunk in range(chunks):
+        assert run_chunk(store, engine, tables, client, job_id, chunk, 60) == "done"
+    store.close()
+    job = get_job(engine, scoring, job_id)
+    assert (job["status"], job["rows_scored"], job["rows_total"]) == ("succeeded", 569, 569)
+
+
 def test_worker_whose_lease_expired_writes_nothing(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:

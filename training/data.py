@@ -32,7 +32,8 @@ class TrainingData:
 
 
 def load(conn: Connection, schema: FeatureSchema, max_categories: int) -> TrainingData:
-    """Read id, features and target; drop rows without a target or with an infinite feature;
+    """Read id, features and target; drop rows without a target, with an infinite target or
+    with an infinite feature;
     leave out free-text and all-NULL columns (or refuse them when they were asked for)."""
     table = reflect(conn, schema.table)
     columns = [schema.id_column, *schema.feature_names, schema.target_column]
@@ -49,6 +50,13 @@ def load(conn: Connection, schema: FeatureSchema, max_categories: int) -> Traini
         raise DataError(
             f"target column {schema.target_column!r} is NULL in every row of {str(schema.table)!r}"
         )
+    target = frame[schema.target_column]
+    infinite_target = (
+        np.isinf(target.to_numpy(dtype=np.float64))
+        if target.dtype.kind == "f"
+        else np.zeros(len(frame), dtype=bool)
+    )
+    frame = frame[~infinite_target].reset_index(drop=True)
     numbers = [f.name for f in features if f.kind == "number"]
     infinite = np.isinf(frame[numbers].to_numpy(dtype=np.float64)).any(axis=1)
     frame = frame[~infinite].reset_index(drop=True)
@@ -61,6 +69,7 @@ def load(conn: Connection, schema: FeatureSchema, max_categories: int) -> Traini
     names = [f.name for f in features]
     notes = {
         "rows_dropped_null_target": dropped,
+        "rows_dropped_infinite_target": int(infinite_target.sum()),
         "rows_dropped_infinite_feature": int(infinite.sum()),
         "rows_with_null_features_imputed": int(frame[names].isna().any(axis=1).sum()),
     }

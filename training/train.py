@@ -68,6 +68,12 @@ def _split(
             x_train = pd.concat([x_train, x_test[unseen]])
             y_train = pd.concat([y_train, y_test[unseen]])
             x_test, y_test = x_test[~unseen], y_test[~unseen]
+    if task == "classification" and y_test.empty:
+        raise DataError(
+            f"no class of the target has two rows ({target.nunique()} classes in {len(target)} "
+            "rows), so no model can be evaluated; the target looks like an id or free text: set "
+            "SCOREBOX_TARGET_COLUMN to the column that holds the labels"
+        )
     if task == "classification" and y_train.nunique() < 2:
         raise DataError("the training rows hold a single class after the holdout split; add rows")
     return x_train, x_test, y_train, y_test

@@ -344,7 +344,10 @@ def _finish_job(cursor: Any, jobs: str, chunks: str, job_id: int, scored: int, f
         )
     cursor.execute(
         f"UPDATE {jobs} SET status = CASE WHEN rows_failed > 0 THEN 'succeeded_with_errors' "
-        "ELSE 'succeeded' END, finished_at = now() WHERE id = $1 AND status = 'running' "
+        "ELSE 'succeeded' END, finished_at = now(), "
+        # Rows inserted into a chunk's id range after submission are scored too: count them.
+        "rows_total = GREATEST(rows_total, rows_scored + rows_failed) "
+        "WHERE id = $1 AND status = 'running' "
         f"AND NOT EXISTS (SELECT 1 FROM {chunks} WHERE job_id = $1 AND status <> 'done')",
         (job_id,),
     )
@@ -495,6 +498,13 @@ class PortableStore:
                         (jobs.c.rows_failed > 0, "succeeded_with_errors"), else_="succeeded"
                     ),
                     finished_at=now,
+                    rows_total=case(
+                        (
+                            jobs.c.rows_scored + jobs.c.rows_failed > jobs.c.rows_total,
+                            jobs.c.rows_scored + jobs.c.rows_failed,
+                        ),
+                        else_=jobs.c.rows_total,
+                    ),
                 )
             )
         return True
