@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -46,6 +47,9 @@ def utcnow() -> datetime:
 JOBS_TABLE = "scorebox_jobs"
 CHUNKS_TABLE = "scorebox_chunks"
 FAILED_ROWS_TABLE = "scorebox_failed_rows"
+MODELS_TABLE = "scorebox_models"
+ALIASES_TABLE = "scorebox_aliases"
+ALIAS_MOVES_TABLE = "scorebox_alias_moves"
 
 
 def normalize_url(url: str) -> str:
@@ -108,6 +112,9 @@ class Tables:
     jobs: Table
     chunks: Table
     failed: Table
+    models: Table
+    aliases: Table
+    alias_moves: Table
 
     @classmethod
     def build(cls, predictions_table: str) -> Tables:
@@ -139,6 +146,7 @@ class Tables:
             Column("key_type", Text, comment="the id column's SQL type (PostgreSQL)"),
             Column("queue", Text, nullable=False, server_default="celery"),
             Column("max_failed_rows", BigInteger),
+            Column("model_ref", Text, comment="what was asked for: an alias, latest or a version"),
         )
         chunks = Table(
             CHUNKS_TABLE,
@@ -166,7 +174,52 @@ class Tables:
             Column("row_id", Text, primary_key=True),
             Column("reason", Text, nullable=False),
         )
-        return cls(metadata, predictions, jobs, chunks, failed)
+        models, aliases, alias_moves = _registry(metadata)
+        return cls(metadata, predictions, jobs, chunks, failed, models, aliases, alias_moves)
+
+
+def _registry(metadata: MetaData) -> tuple[Table, Table, Table]:
+    """The model registry: every trained version with its metadata and artifact, the aliases
+    that point at versions, and every move of an alias."""
+    models = Table(
+        MODELS_TABLE,
+        metadata,
+        Column("tag", String(256), primary_key=True, comment="name:version"),
+        Column("name", String(128), nullable=False),
+        Column("task", String(32), nullable=False),
+        Column("estimator", String(64), nullable=False),
+        Column("metrics", JSON, nullable=False),
+        Column("metadata", JSON, nullable=False, comment="the BentoML model's metadata"),
+        Column("artifact", LargeBinary, nullable=False, comment="the model as a .bentomodel file"),
+        Column("artifact_sha256", String(64), nullable=False),
+        Column("created_by", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index(f"ix_{MODELS_TABLE}_name", "name", "created_at"),
+    )
+    aliases = Table(
+        ALIASES_TABLE,
+        metadata,
+        Column("name", String(128), primary_key=True, comment="the model's name"),
+        Column("alias", String(64), primary_key=True),
+        Column("tag", ForeignKey(f"{MODELS_TABLE}.tag"), nullable=False),
+        Column("moved_by", Text, nullable=False),
+        Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+    moves = Table(
+        ALIAS_MOVES_TABLE,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(128), nullable=False),
+        Column("alias", String(64), nullable=False),
+        Column("from_tag", String(256)),
+        Column("to_tag", String(256)),
+        Column("action", String(16), nullable=False, comment="move, rollback or remove"),
+        Column("reason", Text),
+        Column("moved_by", Text, nullable=False),
+        Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index(f"ix_{ALIAS_MOVES_TABLE}_alias", "name", "alias", "id"),
+    )
+    return models, aliases, moves
 
 
 def reflect(conn: Connection, name: TableName) -> Table:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     model_name: str = "scorebox"
     model_tag: str = "latest"
+    model_poll_seconds: float = Field(2.0, gt=0)
     feature_table: str = "features"
     id_column: str = "id"
     feature_columns: Annotated[list[str] | None, NoDecode] = None

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
+from scorebox.errors import ModelError
 from service import openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
 from service.records import BodyProblem, parse_records
 
 if TYPE_CHECKING:
+    from service.predict import Predictor
     from service.service import Scorebox
 
 rows_predicted = Counter(
@@ -44,6 +46,20 @@ def _count_unseen(unseen: Any) -> None:
         unseen_categories.labels(feature=feature).inc(count)
 
 
+def _pinned_tag(request: Request) -> str | None:
+    """The exact version a request asks for (``x-scorebox-model: name:version``), if any."""
+    given = request.headers.get(b"x-scorebox-model")
+    return given.decode("latin-1").strip() if given else None
+
+
+async def _pinned(service: Scorebox, tag: str) -> Predictor | Answer:
+    """Version ``tag`` of the served model, loaded off the event loop; a 409 naming why not."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
+    except ModelError as exc:
+        return Answer(409, {"error": f"cannot serve {tag}: {exc}"})
+
+
 def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
     """The routes of ``service``, by (method, path)."""
 
@@ -52,7 +68,14 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         media_type = _media_type(request, "application/json")
         if media_type != "application/json":
             return Answer(415, {"error": f"send application/json, not {media_type!r}"})
-        predictor = service.predictor
+        current = service.current  # taken once: a switch never splits a request
+        predictor = current.predictor
+        pinned = _pinned_tag(request)
+        if pinned and pinned != predictor.tag:
+            found = await _pinned(service, pinned)
+            if isinstance(found, Answer):
+                return found
+            predictor = found
         try:
             records = parse_records(request.body, predictor.features, service.max_records)
             matrix, unseen = predictor.encode_records(records)
@@ -60,8 +83,12 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
             return Answer(problem.status, {"error": str(problem)})
         if predictor.compiled and len(records) <= INLINE_ROWS:
             answers = predictor.answers(matrix)
+        elif predictor is current.predictor:
+            answers = await current.coalesce(matrix)
         else:
-            answers = await service.coalesce(matrix)
+            answers = await asyncio.get_running_loop().run_in_executor(
+                service.scoring, predictor.answers, matrix
+            )
         _count_unseen(unseen)
         rows_predicted.labels(endpoint="predict").inc(len(records))
         for answer in answers:
@@ -75,10 +102,17 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         media_type = _media_type(request, ARROW_MEDIA_TYPE)
         if media_type not in (ARROW_MEDIA_TYPE, "application/octet-stream"):
             return Answer(415, {"error": f"send {ARROW_MEDIA_TYPE}, not {media_type!r}"})
-        predictor = service.predictor
+        predictor = service.current.predictor
+        pinned = _pinned_tag(request)
+        if pinned and pinned != predictor.tag:
+            found = await _pinned(service, pinned)
+            if isinstance(found, Answer):
+                return found
+            predictor = found
+        max_rows = service.max_rows_for(predictor)
 
         def score() -> tuple[bytes, Any]:
-            encoded = predictor.encode_table(read_table(request.body, service.max_rows))
+            encoded = predictor.encode_table(read_table(request.body, max_rows))
             return write_table(predictor.score_table(encoded)), encoded
 
         try:

@@ -21,16 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import NotFound
 from threadpoolctl import threadpool_limits
 
-from scorebox.compiled import ONNX_ARTIFACT
-from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
+from scorebox.modelinfo import ModelInfo, verified_files
+from scorebox.registry import ensure_local
 from scorebox.settings import get_settings
 from service import http
-from service.batching import Coalescer
 from service.front import Front
+from service.models import (
+    Following,
+    Pinned,
+    Serving,
+    load_predictor,
+    registry_engine,
+    resolve_served,
+    serving,
+)
 from service.predict import Predictor
 from service.routes import routes
 
@@ -50,19 +56,8 @@ def _front(app: Any) -> Front:
 
 
 http.install(settings.service_header_timeout, _front)
-MODEL_TAG = f"{settings.model_name}:{settings.model_tag}"
 # Values per batch the service will hold at once: rows x features, about 80 MB of floats.
 MAX_CELLS = 10_000_000
-
-
-def _stored_model(tag: str) -> bentoml.Model:
-    try:
-        return bentoml.models.get(tag)
-    except NotFound:
-        raise ModelError(
-            f"no model {tag} in the BentoML store; run `scorebox train` or set "
-            "SCOREBOX_MODEL_NAME / SCOREBOX_MODEL_TAG (and BENTOML_HOME)"
-        ) from None
 
 
 def _die_with_parent() -> None:
@@ -79,35 +74,30 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _check_stored(tag: str) -> None:
-    stored = _stored_model(tag)
+def _check_stored(engine: Any, tag: str) -> None:
+    stored = ensure_local(engine, tag)
     info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
     verified_files(Path(stored.path), info, str(stored.tag))
 
 
-# Checked when the module loads (in `bentoml serve` itself, before any worker starts), so a
-# missing model is one clear line rather than BentoML's attempt to pull it from its cloud, and a
-# model whose files do not match their SHA-256 stops the server instead of each worker.
-_check_stored(MODEL_TAG)
+# Resolved and checked when the module loads (in `bentoml serve` itself, before any worker
+# starts): an alias or `latest` becomes one exact version, imported from the registry when this
+# machine's store lacks it; a missing model is one clear line rather than BentoML's attempt to
+# pull it from its cloud, and a model whose files do not match their SHA-256 stops the server.
+REGISTRY = registry_engine(settings.database_url)
+RESOLVED = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
+_check_stored(REGISTRY, RESOLVED.tag)
 
 
 @bentoml.service(name="scorebox", workers=settings.service_workers, traffic={"timeout": 60})
 class Scorebox:
     """Predictions from the registered scorebox model."""
 
-    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+    model_ref = bentoml.models.BentoModel(RESOLVED.tag)
 
     def __init__(self) -> None:
         _die_with_parent()
-        model = self.model_ref
-        stored = _stored_model(str(model.tag))
-        info = ModelInfo.from_metadata(stored.info.metadata, str(model.tag))
-        files = verified_files(Path(model.path), info, str(model.tag))
-        self.predictor = Predictor(
-            load_pipeline(files), info, str(model.tag), files.get(ONNX_ARTIFACT)
-        )
         self.max_records = settings.service_max_records
-        self.max_rows = max(1, min(settings.service_max_rows, MAX_CELLS // len(info.features)))
         self.auth = settings.api_token is not None
         # Every model call runs on this one thread, whose OpenMP/BLAS pools are limited to one
         # thread (OpenMP's limit is per calling thread): with SCOREBOX_SERVICE_WORKERS processes,
@@ -118,16 +108,45 @@ class Scorebox:
             initializer=threadpool_limits,
             initargs=(1,),
         )
-        self.coalesce = Coalescer(
-            self.predictor.answers, max_rows=self.max_records, executor=self.scoring
-        )
-        log.info("serving %s", model.tag)
+        resolved = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
+        self.current = self._serving(load_predictor(REGISTRY, resolved.tag, settings.model_name))
+        self.ref = resolved.ref
+        self.pinned = Pinned(REGISTRY, settings.model_name)
+        self.following: Following | None = None
+        if REGISTRY is not None and Following.wanted(resolved):
+            self.following = Following(
+                REGISTRY, resolved, settings.model_name, settings.model_poll_seconds, self._switch
+            )
+            self.following.start()
+        log.info("serving %s (%s)", resolved.tag, resolved.ref)
+
+    def _serving(self, predictor: Predictor) -> Serving:
+        return serving(predictor, self.max_records, self.scoring)
+
+    def max_rows_for(self, predictor: Predictor) -> int:
+        """Rows one Arrow batch may hold for ``predictor``'s features."""
+        return max(1, min(settings.service_max_rows, MAX_CELLS // len(predictor.info.features)))
+
+    def _switch(self, predictor: Predictor) -> None:
+        self.current = self._serving(predictor)  # one assignment: requests see old or new
+
+    @property
+    def predictor(self) -> Predictor:
+        """The version serving now (a request takes it once and keeps it)."""
+        return self.current.predictor
 
     def describe(self) -> dict[str, Any]:
-        """The served model's tag, task, features, classes, metrics and training fingerprint."""
-        info = self.predictor.info
+        """The served model's tag, task, features, classes, metrics and training fingerprint,
+        and where the tag came from (an alias or latest is followed)."""
+        predictor = self.current.predictor
+        info = predictor.info
+        following = self.following
         return {
-            "tag": self.predictor.tag,
+            "tag": predictor.tag,
+            "ref": self.ref,
+            "follows": following is not None,
+            "switches": following.switches if following else 0,
+            "switch_error": following.error if following else None,
             "task": info.task,
             "features": [f.to_dict() for f in info.features],
             "classes": info.classes,
@@ -138,6 +157,6 @@ class Scorebox:
             "artifact_sha256": info.artifact_sha256,
             "estimator": info.estimator,
             "left_out": info.left_out,
-            "compiled": self.predictor.compiled,
+            "compiled": predictor.compiled,
             "compiled_note": info.compiled_note,
         }

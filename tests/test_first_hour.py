@@ -153,7 +153,8 @@ def test_score_errors_are_one_line_too(scoring: Settings, engine: Engine, tmp_pa
     cases = [
         (["score", "--table", "narrow"], {}, "column 'mean_radius' (a feature of model served:"),
         (["score", "--mode", "sometimes"], {}, "mode must be one of all, new, not 'sometimes'"),
-        (["score", "--model", "served:nope"], {}, "serves served:"),
+        (["score", "--model", "served:nope"], {}, "--model: no model served:nope in the registry"),
+        (["score", "--model", "other:abc"], {}, "serves model served; score with one of its"),
         (
             ["score"],
             {"SCOREBOX_SERVICE_URL": dead},

@@ -310,7 +310,7 @@ def test_service_with_a_tampered_artifact_stops_at_start(
 
 def test_service_refuses_to_start_without_the_model(trained: TrainedModel, tmp_path: Path) -> None:
     env = process_env(trained.settings, SCOREBOX_MODEL_NAME="no-such-model")
-    expected = "no model no-such-model:latest in the BentoML store"
+    expected = "no model no-such-model:latest in the registry or the BentoML store"
     with pytest.raises(RuntimeError, match=expected), serving(env, tmp_path / "serve.log"):
         pass
 

@@ -20,6 +20,7 @@ from scorebox.encoding import json_value
 from scorebox.errors import DataError
 from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
+from scorebox.registry import record, registry_ready
 from scorebox.settings import Settings
 from training import data
 from training.compile import Compiled, compile_model
@@ -40,6 +41,7 @@ class TrainResult:
     tag: str
     info: ModelInfo
     report: Path
+    registry: str  # what became of the model in the database's registry, in words
 
 
 def _split(
@@ -148,4 +150,13 @@ def train(
     report = write_report(
         Path(model.path) / "report", str(model.tag), info, pipeline, x_test, y_test
     )
-    return TrainResult(tag=str(model.tag), info=info, report=report)
+    if registry_ready(engine):
+        step(f"recording {model.tag} in the database's model registry")
+        record(engine, str(model.tag))
+        registered = "recorded in the database (`scorebox models list`)"
+    else:
+        registered = (
+            "not recorded in the database: its tables are missing; run `scorebox db upgrade`, "
+            f"then `scorebox models push {model.tag}`"
+        )
+    return TrainResult(tag=str(model.tag), info=info, report=report, registry=registered)

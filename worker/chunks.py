@@ -248,7 +248,7 @@ def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
     if not len(rows.keys):
         return predictions_of(rows.keys, _empty_result())
     try:
-        tag, result = client.score(rows.table)
+        tag, result = client.score(rows.table, leased.job["model_tag"])
     except ServiceRefused as exc:
         if not exc.rows_at_fault:
             raise Permanent(str(exc)) from None
@@ -256,7 +256,7 @@ def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
         return Scored(empty.table, [(key, str(exc)) for key in rows.keys.to_pylist()])
     if tag != leased.job["model_tag"]:
         raise Permanent(
-            f"the service now serves {tag}, but job {leased.job_id} scores with "
+            f"the service answered with {tag}, but job {leased.job_id} scores with "
             f"{leased.job['model_tag']}; not mixing models (resubmit the job)"
         )
     try:

@@ -82,9 +82,10 @@ class ServiceClient:
         described: dict[str, Any] = self._request("GET", "/v1/model").json()
         return described
 
-    def score(self, batch: pa.Table) -> tuple[str, pa.Table]:
-        """Score an Arrow table of the model's feature columns; return the model tag and the
-        result, one row for each row sent, in order."""
+    def score(self, batch: pa.Table, tag: str | None = None) -> tuple[str, pa.Table]:
+        """Score an Arrow table of the model's feature columns with version ``tag`` (default:
+        the one the service serves now); return the model tag and the result, one row for each
+        row sent, in order."""
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, batch.schema) as writer:
             writer.write_table(batch)
@@ -92,7 +93,10 @@ class ServiceClient:
             "POST",
             "/v1/predict/arrow",
             content=sink.getvalue().to_pybytes(),
-            headers={"content-type": ARROW_MEDIA_TYPE},
+            headers={
+                "content-type": ARROW_MEDIA_TYPE,
+                **({"x-scorebox-model": tag} if tag else {}),
+            },
         )
         tag = response.headers.get("x-scorebox-model", "")
         return tag, pa.ipc.open_stream(response.content).read_all()

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import ScoreboxError
 from scorebox.features import KeyKind, check_keys, resolve_key
+from scorebox.modelinfo import ModelInfo
 from scorebox.names import TableName, require_column, resolve_table
 from scorebox.settings import Settings
 from worker.client import ServiceClient
@@ -129,20 +130,22 @@ def submit_job(
         raise ScoreboxError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     described = client.describe()
     served = str(described["tag"])
+    model_name = served.partition(":")[0]
     # The deployment of the served model: its workers share the service's model name.
-    queue = settings.queue_for(served.partition(":")[0])
-    if model_tag is not None and _resolve_tag(model_tag) != served:
-        raise ScoreboxError(
-            f"the service at {client.base_url} serves {served}, not {model_tag}; "
-            "serve that model (SCOREBOX_MODEL_TAG) or score with the served one"
-        )
+    queue = settings.queue_for(model_name)
+    features_of = described["features"]
+    if model_tag is not None:
+        # Pinned at submission: an alias or `latest` is resolved once, here.
+        served = _pinned_version(engine, model_name, model_tag, client.base_url)
+        if served != described["tag"]:
+            features_of = [f.to_dict() for f in _info_of(engine, served).features]
     tables = Tables.build(settings.predictions_table)
     with engine.begin() as conn:
         name = resolve_table(conn, table or settings.feature_table, "--table")
         source = reflect(conn, name)
         columns = [str(c.name) for c in source.columns]
         key_kind: KeyKind = resolve_key(source, name, settings.id_column)
-        for feature in described["features"]:
+        for feature in features_of:
             require_column(feature["name"], columns, name, f"a feature of model {served}")
         features = [
             {
@@ -150,7 +153,7 @@ def submit_job(
                 "kind": f["kind"],
                 "read": read_as(f["kind"], source.c[f["name"]].type),
             }
-            for f in described["features"]
+            for f in features_of
         ]
         check_keys(conn, source, name, settings.id_column)
         where = None
@@ -165,6 +168,7 @@ def submit_job(
             .values(
                 table_name=str(name),
                 model_tag=served,
+                model_ref=model_tag,
                 mode=mode,
                 status="queued" if chunks else "succeeded",
                 rows_total=total,
@@ -209,17 +213,53 @@ def _sql_type(conn: Connection, name: TableName, column: str) -> str | None:
     ).scalar_one()
 
 
-def _resolve_tag(tag: str) -> str:
-    """``name:version`` for a tag that may say ``latest`` (looked up in the model store)."""
+def _pinned_version(engine: Engine, name: str, ref: str, service_url: str) -> str:
+    """The exact version of model ``name`` that ``ref`` (an alias, ``latest`` or a version,
+    with or without ``name:``) names now, from the registry (or the local store without one)."""
+    from scorebox.registry import registry_ready, resolve
+
+    given = ref.partition(":")[0] if ":" in ref else name
+    if given != name:
+        raise ScoreboxError(
+            f"--model {ref}: the service at {service_url} serves model {name}; score with one of "
+            f"its versions or aliases (`scorebox models list`), or serve {given}"
+        )
+    if registry_ready(engine):
+        tag = resolve(engine, name, ref).tag
+        _info_of(engine, tag)  # it must exist
+        return tag
     import bentoml
     from bentoml.exceptions import NotFound
 
-    if not tag.endswith(":latest"):
-        return tag
+    version = ref.partition(":")[2] if ":" in ref else ref
     try:
-        return str(bentoml.models.get(tag).tag)
+        return str(bentoml.models.get(f"{name}:{version}").tag)
     except NotFound:
-        return tag
+        raise ScoreboxError(
+            f"--model {ref}: no such version of {name} (the registry's tables are missing: run "
+            "`scorebox db upgrade`)"
+        ) from None
+
+
+def _info_of(engine: Engine, tag: str) -> ModelInfo:
+    """A version's metadata, from the registry or the local store."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from scorebox.registry import metadata_of, registry_ready
+
+    if registry_ready(engine):
+        try:
+            return ModelInfo.from_metadata(metadata_of(engine, tag), tag)
+        except ScoreboxError:
+            pass  # not registered: perhaps in this machine's store
+    try:
+        return ModelInfo.from_metadata(bentoml.models.get(tag).info.metadata, tag)
+    except NotFound:
+        raise ScoreboxError(
+            f"--model: no model {tag} in the registry or the local BentoML store; "
+            "`scorebox models list` shows the registered versions"
+        ) from None
 
 
 def fail_job(conn: Connection, tables: Tables, job_id: int, error: str) -> None:

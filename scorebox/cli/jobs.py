@@ -39,8 +39,9 @@ def score(
     model: Annotated[
         str | None,
         typer.Option(
-            help="The model version (`name:version` or `name:latest`); it must be the one the "
-            "service serves.",
+            help="The version to score with: an alias (`challenger`), `latest` or a version "
+            "(`name:version`) of the model the service serves; resolved once, so every chunk "
+            "uses that exact version.",
             show_default="the one the service serves",
         ),
     ] = None,
@@ -131,8 +132,9 @@ def print_job(job: dict[str, Any]) -> None:
             f"job {job['id']}: ",
             (job["status"], "bold"),
             f" - {job['rows_scored']:,} scored, {job['rows_failed']:,} failed of "
-            f"{job['rows_total']:,} rows ({job['table_name']}, {job['model_tag']}, "
-            f"mode {job['mode']})",
+            f"{job['rows_total']:,} rows ({job['table_name']}, {job['model_tag']}"
+            + (f" as {job['model_ref']}" if job.get("model_ref") else "")
+            + f", mode {job['mode']})",
         )
     )
     if job["error"]:

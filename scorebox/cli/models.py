@@ -1,0 +1,314 @@
+"""The model registry from the command line: `models list | show | push | alias | unalias |
+history | compare | promote`. Versions are named by tag (`name:version`), by version alone, by
+`latest` or by an alias, for the model SCOREBOX_MODEL_NAME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+from sqlalchemy import Engine
+
+from scorebox.cli.app import EPILOG, app, console, friendly, metrics_line, ready_engine
+from scorebox.errors import ScoreboxError
+from scorebox.modelinfo import ModelInfo
+from scorebox.settings import Settings, get_settings
+
+models_app = typer.Typer(
+    help="The model registry: versions, aliases (champion, challenger, ...), comparing and "
+    "promoting versions.",
+    epilog=EPILOG,
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+def _engine(settings: Settings) -> Engine:
+    return ready_engine(settings, tables=True)
+
+
+def _tag(engine: Engine, settings: Settings, ref: str) -> str:
+    from scorebox.registry import resolve
+
+    return resolve(engine, settings.model_name, ref).tag
+
+
+def _info(engine: Engine, tag: str) -> ModelInfo:
+    from scorebox.registry import metadata_of
+
+    return ModelInfo.from_metadata(metadata_of(engine, tag), tag)
+
+
+def _when(row: dict[str, Any], key: str) -> str:
+    return row[key].strftime("%Y-%m-%d %H:%M") if row.get(key) else ""
+
+
+@models_app.command("list", epilog=EPILOG)
+@friendly
+def models_list(
+    every: Annotated[
+        bool, typer.Option("--all", help="Every model name, not only SCOREBOX_MODEL_NAME.")
+    ] = False,
+) -> None:
+    """Registered versions, newest first, with their aliases and holdout metrics."""
+    from scorebox.registry import list_models
+
+    settings = get_settings()
+    rows = list_models(_engine(settings), None if every else settings.model_name)
+    if not rows:
+        console.print(f"no registered version of {settings.model_name}; run `scorebox train`")
+        return
+    # One line a version, never folded: readable in 80 columns and by grep.
+    for row in rows:
+        aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
+        shown = dict(list(row["metrics"].items())[:2])
+        console.print(
+            Text.assemble(
+                (row["tag"], "bold"),
+                (aliases, "green"),
+                f"  {row['estimator']}  {metrics_line(shown)}  ",
+                (f"{_when(row, 'created_at')} {row['created_by']}", "dim"),
+            ),
+            overflow="ignore",
+            crop=False,
+        )
+
+
+@models_app.command("show", epilog=EPILOG)
+@friendly
+def models_show(
+    ref: Annotated[str, typer.Argument(help="A tag, version, alias or latest.")],
+) -> None:
+    """One version: aliases, metrics, features, who trained it and when, its archive's SHA-256."""
+    from scorebox.registry import show
+
+    settings = get_settings()
+    engine = _engine(settings)
+    row = show(engine, _tag(engine, settings, ref))
+    info = ModelInfo.from_metadata(row["metadata"], row["tag"])
+    console.print(Text.assemble((row["tag"], "bold"), f"  {info.task}, {info.estimator}"))
+    console.print(f"aliases: {', '.join(row['aliases']) or '(none)'}", highlight=False)
+    console.print(f"holdout: {metrics_line(info.metrics, info.metrics_undefined)}")
+    console.print(
+        f"trained: {_when(row, 'created_at')} by {row['created_by']} on "
+        f"{info.training_rows:,} rows",
+        highlight=False,
+    )
+    features = ", ".join(f"{f.name} ({f.kind})" for f in info.features)
+    console.print(f"features: {features}", highlight=False, markup=False)
+    console.print(f"archive sha256: {row['artifact_sha256']}", highlight=False)
+
+
+@models_app.command("push", epilog=EPILOG)
+@friendly
+def models_push(
+    tag: Annotated[str, typer.Argument(help="A model in the local BentoML store.")],
+) -> None:
+    """Record a model of the local BentoML store in the registry (`scorebox train` does it)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from scorebox.registry import record
+
+    settings = get_settings()
+    engine = _engine(settings)
+    try:
+        full = str(bentoml.models.get(tag).tag)
+    except NotFound:
+        raise ScoreboxError(f"no model {tag} in the local BentoML store (BENTOML_HOME)") from None
+    digest = record(engine, full)
+    console.print(f"{full} is in the registry (archive sha256 {digest[:12]}…)")
+
+
+@models_app.command("alias", epilog=EPILOG)
+@friendly
+def models_alias(
+    alias: Annotated[str, typer.Argument(help="champion, challenger or any plain name.")],
+    ref: Annotated[
+        str | None, typer.Argument(help="The version to point it at (tag, version or latest).")
+    ] = None,
+    rollback: Annotated[
+        bool,
+        typer.Option("--rollback", help="Point it back where it pointed before its last move."),
+    ] = False,
+) -> None:
+    """Point an alias at a version (services that serve the alias switch within seconds), or
+    move it back one step with --rollback."""
+    from scorebox.registry import rollback as roll_back
+    from scorebox.registry import set_alias
+
+    settings = get_settings()
+    engine = _engine(settings)
+    if rollback == (ref is not None):
+        raise ScoreboxError("give either a version to point the alias at or --rollback")
+    if rollback:
+        old, new = roll_back(engine, settings.model_name, alias)
+        console.print(f"{alias}: {old} -> {new} (rolled back)", highlight=False)
+        return
+    assert ref is not None
+    tag = _tag(engine, settings, ref)
+    before = set_alias(engine, alias, tag)
+    if before == tag:
+        console.print(f"{alias} already points at {tag}", highlight=False)
+    else:
+        console.print(f"{alias}: {before or '(new)'} -> {tag}", highlight=False)
+
+
+@models_app.command("unalias", epilog=EPILOG)
+@friendly
+def models_unalias(alias: str) -> None:
+    """Remove an alias (recorded in its history; --rollback brings it back)."""
+    from scorebox.registry import remove_alias
+
+    settings = get_settings()
+    old = remove_alias(_engine(settings), settings.model_name, alias)
+    console.print(f"{alias} removed (it pointed at {old})", highlight=False)
+
+
+@models_app.command("history", epilog=EPILOG)
+@friendly
+def models_history(
+    alias: Annotated[str | None, typer.Argument(help="One alias; default: every alias.")] = None,
+) -> None:
+    """Every move of the model's aliases: when, who, from and to."""
+    from scorebox.registry import history
+
+    settings = get_settings()
+    moves = history(_engine(settings), settings.model_name, alias)
+    if not moves:
+        console.print(f"no alias of {settings.model_name} has moved yet")
+    for move in moves:
+        console.print(
+            f"{_when(move, 'moved_at')}  {move['alias']}: {move['from_tag'] or '(none)'} -> "
+            f"{move['to_tag'] or '(removed)'}  {move['action']} by {move['moved_by']}"
+            + (f"  ({move['reason']})" if move["reason"] else ""),
+            highlight=False,
+        )
+
+
+TableOption = Annotated[
+    str | None,
+    typer.Option("--table", help="The scored table.", show_default="SCOREBOX_FEATURE_TABLE"),
+]
+LabelsOption = Annotated[
+    str | None, typer.Option("--labels", help="The table's column of true labels, if it has one.")
+]
+
+
+def _compare(
+    engine: Engine, settings: Settings, a: str, b: str, table: str | None, labels: str | None
+) -> Any:
+    from scorebox.compare import compare
+
+    return compare(
+        engine,
+        settings.predictions_table,
+        a,
+        b,
+        _info(engine, a),
+        _info(engine, b),
+        table or settings.feature_table,
+        settings.id_column,
+        labels,
+        settings.random_state,
+    )
+
+
+@models_app.command("compare", epilog=EPILOG)
+@friendly
+def models_compare(
+    a: Annotated[str, typer.Argument(help="The incumbent: tag, version, alias or latest.")],
+    b: Annotated[str, typer.Argument(help="The candidate.")],
+    table: TableOption = None,
+    labels: LabelsOption = None,
+    out: Annotated[Path, typer.Option(help="Folder of the report.")] = Path("reports"),
+) -> None:
+    """Compare two versions on the rows of a table both scored (`scorebox score --model`):
+    agreement, score distribution shift, and with --labels each one's metrics and the
+    difference with a 95% bootstrap interval. Writes Markdown and a PNG."""
+    from scorebox.compare import write_report
+
+    settings = get_settings()
+    engine = _engine(settings)
+    result = _compare(
+        engine, settings, _tag(engine, settings, a), _tag(engine, settings, b), table, labels
+    )
+    _print_comparison(result)
+    console.print(f"report: {write_report(result, out)}", highlight=False)
+
+
+def _print_comparison(result: Any) -> None:
+    console.print(
+        f"{result.rows:,} rows of {result.table} scored by both; agreement {result.agreement:.2%}; "
+        f"{result.score_name}: mean {result.mean_a:.4f} -> {result.mean_b:.4f}, PSI "
+        f"{result.psi:.4f}, KS {result.ks:.4f}",
+        highlight=False,
+    )
+    for metric, (va, vb, diff, low, high) in result.metrics.items():
+        console.print(
+            f"{metric}: {va:.4f} -> {vb:.4f} ({diff:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}])",
+            highlight=False,
+        )
+
+
+@models_app.command("promote", epilog=EPILOG)
+@friendly
+def models_promote(
+    candidate: Annotated[str, typer.Argument(help="The version to promote (tag, version, alias).")],
+    to: Annotated[str, typer.Option("--to", help="The alias to move.")] = "champion",
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            "--if",
+            help="Move only if this holds, e.g. 'roc_auc >= champion + 0.005' or "
+            "'rmse <= champion'. Metrics on the table's labelled rows with --labels, else the "
+            "holdout metrics of training.",
+            show_default="no condition",
+        ),
+    ] = None,
+    table: TableOption = None,
+    labels: LabelsOption = None,
+) -> None:
+    """Point an alias at a version, only when the gate passes; say why either way (exit 1 when
+    it does not pass)."""
+    from scorebox.gate import parse_gate
+    from scorebox.registry import resolve, set_alias
+
+    settings = get_settings()
+    engine = _engine(settings)
+    tag = _tag(engine, settings, candidate)
+    parsed = parse_gate(gate) if gate else None
+    incumbent = resolve(engine, settings.model_name, to)
+    current = incumbent.tag if incumbent.alias is not None else None
+    if current == tag:
+        console.print(f"{to} already points at {tag}", highlight=False)
+        return
+    reason = "no condition"
+    if parsed is not None:
+        if parsed.ref is not None and parsed.ref != to:
+            raise ScoreboxError(f"--if {gate!r} compares with {parsed.ref}, but --to is {to}")
+        if current is None and parsed.ref is not None:
+            reason = f"{to} pointed at no version yet"
+        else:
+            if labels is not None and current is not None:
+                result = _compare(engine, settings, current, tag, table, labels)
+                _print_comparison(result)
+                mine = {m: v[1] for m, v in result.metrics.items()}
+                theirs: dict[str, float] | None = {m: v[0] for m, v in result.metrics.items()}
+                where = f"on {result.labelled_rows:,} labelled rows of {result.table}"
+            else:
+                mine = _info(engine, tag).metrics
+                theirs = _info(engine, current).metrics if current else None
+                where = "on the training holdouts"
+            passed, said = parsed.check(mine, theirs)
+            if not passed:
+                console.print(
+                    f"not promoted: {said} ({where}); {to} stays at {current}", highlight=False
+                )
+                raise typer.Exit(1)
+            reason = f"{said} ({where})"
+    set_alias(engine, to, tag, reason=f"promote: {reason}")
+    console.print(f"promoted {tag} to {to} (was {current or 'unset'}): {reason}", highlight=False)

@@ -1,0 +1,310 @@
+"""Champion and challenger on real rows: two versions' predictions over the rows of one table that
+both scored, compared. Agreement, how far the score distribution moved, and, where the table
+holds the true labels, each version's metrics and the difference with a paired bootstrap
+confidence interval. Written as Markdown with a PNG beside it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, Text, and_, cast, select
+
+from scorebox.db import Tables, reflect
+from scorebox.encoding import label_text
+from scorebox.errors import ScoreboxError
+from scorebox.modelinfo import ModelInfo
+from scorebox.names import require_column, resolve_table
+
+BOOTSTRAP = 400
+CONFIDENCE = 0.95
+# Bootstrap resamples draw from at most this many rows (the interval barely narrows past it).
+BOOTSTRAP_ROWS = 100_000
+
+
+@dataclass
+class Comparison:
+    """What comparing two versions on one table found."""
+
+    a: str
+    b: str
+    table: str
+    task: str
+    rows: int
+    agreement: float
+    score_name: str
+    psi: float
+    ks: float
+    mean_a: float
+    mean_b: float
+    labels: str | None = None
+    labelled_rows: int = 0
+    # metric -> (value for a, value for b, b - a, ci low, ci high)
+    metrics: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
+    report: Path | None = None
+    plot: Path | None = None
+    scores_a: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    scores_b: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+
+def _scores(frame: pd.DataFrame, suffix: str, info: ModelInfo) -> np.ndarray:
+    """The number each row is judged by: the positive class's probability (two classes), the
+    predicted class's probability (more), or the predicted value (regression)."""
+    if info.task == "regression":
+        return frame[f"predicted_value{suffix}"].to_numpy(dtype=np.float64)
+    if len(info.classes or []) == 2:
+        positive = str((info.classes or [])[1])
+        return np.array(
+            [_probabilities(p).get(positive, np.nan) for p in frame[f"probabilities{suffix}"]],
+            dtype=np.float64,
+        )
+    return frame[f"probability{suffix}"].to_numpy(dtype=np.float64)
+
+
+def _probabilities(value: Any) -> dict[str, float]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected``, on ``expected``'s
+    quantile bins (shares floored at 1e-4 so an empty bin is finite)."""
+    expected, actual = expected[np.isfinite(expected)], actual[np.isfinite(actual)]
+    if not len(expected) or not len(actual):
+        return float("nan")
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
+    e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
+    a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
+    e_share = np.maximum(e / e.sum(), 1e-4)
+    a_share = np.maximum(a / a.sum(), 1e-4)
+    return float(np.sum((a_share - e_share) * np.log(a_share / e_share)))
+
+
+def _metric_functions(info: ModelInfo) -> dict[str, Any]:
+    from sklearn.metrics import (
+        accuracy_score,
+        mean_absolute_error,
+        r2_score,
+        roc_auc_score,
+        root_mean_squared_error,
+    )
+
+    if info.task == "regression":
+        return {
+            "rmse": lambda y, label, score: root_mean_squared_error(y, score),
+            "mae": lambda y, label, score: mean_absolute_error(y, score),
+            "r2": lambda y, label, score: r2_score(y, score),
+        }
+    chosen: dict[str, Any] = {"accuracy": lambda y, label, score: accuracy_score(y, label)}
+    if len(info.classes or []) == 2:
+        positive = str((info.classes or [])[1])
+        chosen["roc_auc"] = lambda y, label, score: roc_auc_score(y == positive, score)
+    return chosen
+
+
+def _labelled(engine: Engine, table: Any, id_column: str, labels: str, task: str) -> pd.DataFrame:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                cast(table.c[id_column], Text).label("row_id"), table.c[labels].label("y")
+            ).where(table.c[labels].is_not(None))
+        ).all()
+    frame = pd.DataFrame(rows, columns=["row_id", "y"])
+    if task == "regression":
+        frame["y"] = pd.to_numeric(frame["y"], errors="coerce")
+        return frame[frame["y"].notna()]
+    frame["y"] = [label_text(v) for v in frame["y"]]
+    return frame
+
+
+def compare(
+    engine: Engine,
+    predictions_table: str,
+    a: str,
+    b: str,
+    info_a: ModelInfo,
+    info_b: ModelInfo,
+    table: str,
+    id_column: str,
+    labels: str | None = None,
+    random_state: int = 0,
+) -> Comparison:
+    """Compare versions ``a`` and ``b`` on the rows of ``table`` both have predictions for."""
+    if info_a.task != info_b.task:
+        raise ScoreboxError(f"{a} is {info_a.task} and {b} is {info_b.task}: nothing to compare")
+    predictions = Tables.build(predictions_table).predictions
+    with engine.connect() as conn:
+        name = resolve_table(conn, table, "--table")
+        source = reflect(conn, name)
+        columns = [str(c.name) for c in source.columns]
+        if labels is not None:
+            require_column(labels, columns, name, "the label column (--labels)")
+        left, right = predictions.alias("a"), predictions.alias("b")
+        picked = ["predicted_label", "predicted_value", "probability", "probabilities"]
+        query = (
+            select(
+                left.c.row_id,
+                *(left.c[c].label(f"{c}_a") for c in picked),
+                *(right.c[c].label(f"{c}_b") for c in picked),
+            )
+            .select_from(
+                left.join(
+                    right,
+                    and_(
+                        left.c.row_id == right.c.row_id,
+                        left.c.source_table == right.c.source_table,
+                        right.c.model_tag == b,
+                    ),
+                )
+            )
+            .where(left.c.source_table == str(name), left.c.model_tag == a)
+        )
+        frame = pd.DataFrame(conn.execute(query).mappings().all())
+    if frame.empty:
+        raise ScoreboxError(
+            f"no row of {name} has predictions from both {a} and {b}; score it with each "
+            f"(`scorebox score --table {table} --model ...`)"
+        )
+    score_a, score_b = _scores(frame, "_a", info_a), _scores(frame, "_b", info_b)
+    from scipy.stats import ks_2samp
+
+    if info_a.task == "regression":
+        spread = float(np.nanstd(score_a)) or 1.0
+        agreement = float(np.mean(np.abs(score_a - score_b) <= 0.01 * spread))
+        score_name = "predicted value"
+    else:
+        agreement = float(np.mean(frame["predicted_label_a"] == frame["predicted_label_b"]))
+        score_name = (
+            f"probability of {info_a.classes[1]}"
+            if len(info_a.classes or []) == 2
+            else "probability of the predicted class"
+        )
+    result = Comparison(
+        a=a,
+        b=b,
+        table=str(name),
+        task=info_a.task,
+        rows=len(frame),
+        agreement=agreement,
+        score_name=score_name,
+        psi=psi(score_a, score_b),
+        ks=float(ks_2samp(score_a, score_b).statistic),
+        mean_a=float(np.nanmean(score_a)),
+        mean_b=float(np.nanmean(score_b)),
+        labels=labels,
+        scores_a=score_a,
+        scores_b=score_b,
+    )
+    if labels is not None:
+        truth = _labelled(engine, source, id_column, labels, info_a.task)
+        frame["score_a"], frame["score_b"] = score_a, score_b
+        joined = frame.merge(truth, on="row_id")
+        result.labelled_rows = len(joined)
+        if joined.empty:
+            raise ScoreboxError(f"no compared row of {name} has a label in {labels!r}")
+        result.metrics = _metrics(joined, info_a, random_state)
+    return result
+
+
+def _metrics(
+    joined: pd.DataFrame, info: ModelInfo, random_state: int
+) -> dict[str, tuple[float, float, float, float, float]]:
+    """Each metric for a and b on the labelled rows, b - a, and its bootstrap interval."""
+    y = joined["y"].to_numpy()
+    label_a = joined["predicted_label_a"].to_numpy()
+    label_b = joined["predicted_label_b"].to_numpy()
+    score_a = joined["score_a"].to_numpy(dtype=np.float64)
+    score_b = joined["score_b"].to_numpy(dtype=np.float64)
+    rng = np.random.default_rng(random_state)
+    found = {}
+    for metric, function in _metric_functions(info).items():
+        try:
+            value_a = float(function(y, label_a, score_a))
+            value_b = float(function(y, label_b, score_b))
+        except ValueError:  # e.g. ROC AUC on rows of a single class
+            continue
+        size = min(len(y), BOOTSTRAP_ROWS)
+        differences = []
+        for _ in range(BOOTSTRAP):
+            pick = rng.integers(0, len(y), size)
+            try:
+                differences.append(
+                    function(y[pick], label_b[pick], score_b[pick])
+                    - function(y[pick], label_a[pick], score_a[pick])
+                )
+            except ValueError:
+                continue
+        tail = (1 - CONFIDENCE) / 2
+        low, high = (
+            np.quantile(differences, [tail, 1 - tail]) if differences else (math.nan, math.nan)
+        )
+        found[metric] = (value_a, value_b, value_b - value_a, float(low), float(high))
+    return found
+
+
+def write_report(result: Comparison, folder: Path) -> Path:
+    """``compare-A-vs-B.md`` and its PNG in ``folder``; return the Markdown's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{result.a}-vs-{result.b}".replace(":", "_").replace("/", "_")
+    lines = [
+        f"# {result.b} against {result.a}",
+        "",
+        f"Table `{result.table}`: {result.rows:,} rows scored by both.",
+        "",
+        f"- agreement: **{result.agreement:.2%}**"
+        + (
+            " of rows get the same class"
+            if result.task == "classification"
+            else " of rows within 1% of the predictions' spread"
+        ),
+        f"- {result.score_name}: mean {result.mean_a:.4f} → {result.mean_b:.4f}; "
+        f"PSI {result.psi:.4f}, Kolmogorov-Smirnov {result.ks:.4f}",
+    ]
+    if result.metrics:
+        lines += [
+            "",
+            f"On {result.labelled_rows:,} rows labelled by `{result.labels}` "
+            f"({CONFIDENCE:.0%} paired bootstrap interval of the difference, {BOOTSTRAP} "
+            "resamples):",
+            "",
+            f"| metric | {result.a} | {result.b} | difference | interval |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for metric, (va, vb, diff, low, high) in result.metrics.items():
+            lines.append(
+                f"| {metric} | {va:.4f} | {vb:.4f} | {diff:+.4f} | [{low:+.4f}, {high:+.4f}] |"
+            )
+    plot = folder / f"{stem}.png"
+    result.plot = plot
+    lines += ["", f"![score distributions]({plot.name})", ""]
+    report = folder / f"{stem}.md"
+    report.write_text("\n".join(lines))
+    result.report = report
+    _plot_scores(result, plot)
+    return report
+
+
+def _plot_scores(result: Comparison, plot: Path) -> None:
+    """The two score distributions, overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    score_a, score_b = result.scores_a, result.scores_b
+    finite_a, finite_b = score_a[np.isfinite(score_a)], score_b[np.isfinite(score_b)]
+    edges = np.histogram_bin_edges(np.concatenate([finite_a, finite_b]), bins=40).tolist()
+    axis.hist(finite_a, bins=edges, alpha=0.5, label=result.a)
+    axis.hist(finite_b, bins=edges, alpha=0.5, label=result.b)
+    axis.set_xlabel(result.score_name)
+    axis.set_ylabel("rows")
+    axis.set_title(f"agreement {result.agreement:.2%}, PSI {result.psi:.3f}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plot, dpi=100)
+    plt.close(figure)

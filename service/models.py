@@ -1,0 +1,205 @@
+"""Which model versions a service process holds, and how it changes them without a restart.
+
+The service serves what SCOREBOX_MODEL_TAG names: a version, ``latest`` or an alias. When the
+reference can move (an alias, or ``latest`` in the registry), each worker process polls the
+registry every SCOREBOX_MODEL_POLL_SECONDS; on a move it loads the new version beside the old
+one (imported from the registry when the local store lacks it, SHA-256 checked), checks its
+metadata and a prediction, then switches with one assignment: a request takes the current
+version once and finishes on it. A version that fails a check is refused, the old one keeps
+serving, and `/v1/model` says why. Batch jobs pin an exact version, which the service loads on
+demand and keeps among a few recent ones (:class:`Pinned`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from threadpoolctl import threadpool_limits
+
+from scorebox.compiled import ONNX_ARTIFACT
+from scorebox.db import make_engine
+from scorebox.errors import ModelError, ScoreboxError
+from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
+from scorebox.registry import LATEST, Resolved, ensure_local, registry_ready, resolve
+from service.batching import Coalescer
+from service.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def registry_engine(database_url: str) -> Engine | None:
+    """An engine on the registry's database, or None when it cannot be reached or has no
+    registry (the service then serves from its local BentoML store alone)."""
+    engine = make_engine(database_url, connect_timeout=3, application_name="scorebox-service")
+    try:
+        if registry_ready(engine):
+            return engine
+    except DBAPIError as exc:
+        log.warning("model registry unreachable, serving from the local store: %s", exc.orig)
+    engine.dispose()
+    return None
+
+
+def resolve_served(engine: Engine | None, name: str, ref: str) -> Resolved:
+    """The exact version to serve for ``ref``."""
+    if engine is not None:
+        return resolve(engine, name, ref)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return Resolved(str(bentoml.models.get(f"{name}:{ref}").tag), ref, None)
+    except NotFound:
+        raise ModelError(
+            f"no model {name}:{ref} in the BentoML store and no model registry to look in "
+            "(SCOREBOX_DATABASE_URL); run `scorebox train` or set SCOREBOX_MODEL_NAME / "
+            "SCOREBOX_MODEL_TAG (and BENTOML_HOME)"
+        ) from None
+
+
+def load_predictor(engine: Engine | None, tag: str, name: str) -> Predictor:
+    """Version ``tag`` loaded and checked: from the local store (imported from the registry when
+    missing), its files' SHA-256 as training recorded, its metadata readable, and one
+    prediction of a row of missing values that gives one finite answer."""
+    if tag.partition(":")[0] != name:
+        raise ModelError(f"{tag} is not a version of {name}, the model this service serves")
+    stored = ensure_local(engine, tag)
+    info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
+    files = verified_files(Path(stored.path), info, str(stored.tag))
+    predictor = Predictor(load_pipeline(files), info, str(stored.tag), files.get(ONNX_ARTIFACT))
+    with threadpool_limits(1):
+        answers = predictor.answers(np.full((1, len(info.features)), np.nan))
+    value = answers[0]["prediction"] if len(answers) == 1 else None
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        raise ModelError(f"model {tag}: a smoke prediction gave {answers!r}")
+    return predictor
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One loaded version and the batching of its calls; swapped whole on a switch."""
+
+    predictor: Predictor
+    coalesce: Coalescer[dict[str, Any]]
+
+
+class Following:
+    """Polls the registry for where the served reference points and switches to it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        resolved: Resolved,
+        name: str,
+        interval: float,
+        switch: Callable[[Predictor], None],
+    ) -> None:
+        self.engine = engine
+        self.ref = resolved.ref
+        self.name = name
+        self.interval = interval
+        self.switch = switch
+        self.target = resolved.tag
+        self.refused: dict[str, str] = {}  # tag -> why it was refused
+        self.error: str | None = None  # the last problem: a refused version or the registry away
+        self.switches = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-follower", daemon=True)
+
+    @staticmethod
+    def wanted(resolved: Resolved) -> bool:
+        """Whether a reference can move: an alias, or `latest` in the registry."""
+        return resolved.alias is not None or resolved.ref == LATEST
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as exc:  # the poller must outlive any one failure
+                self.error = f"cannot read the model registry: {' '.join(str(exc).split())[:300]}"
+                log.warning("%s", self.error)
+
+    def check(self) -> None:
+        """One poll: switch when the reference points somewhere new and loadable."""
+        tag = resolve(self.engine, self.name, self.ref).tag
+        if tag == self.target:
+            if self.refused:  # moved back: a refused version may be tried again once fixed
+                self.refused.clear()
+                self.error = None
+            return
+        if tag in self.refused:
+            return
+        started = time.monotonic()
+        try:
+            predictor = load_predictor(self.engine, tag, self.name)
+        except (ScoreboxError, OSError, ValueError, KeyError) as exc:
+            reason = " ".join(str(exc).split())[:500]
+            self.refused[tag] = reason
+            self.error = f"refused {tag}, kept serving {self.target}: {reason}"
+            log.error("%s", self.error)
+            return
+        self.switch(predictor)
+        log.info(
+            "%s now serves %s (was %s; loaded and checked in %.2f s)",
+            self.ref,
+            tag,
+            self.target,
+            time.monotonic() - started,
+        )
+        self.target, self.error = tag, None
+        self.switches += 1
+
+
+class Pinned:
+    """Exact versions asked for by batch requests, loaded on demand; the few most recent are
+    kept (each is a whole pipeline in memory)."""
+
+    def __init__(self, engine: Engine | None, name: str, keep: int = 3) -> None:
+        self.engine = engine
+        self.name = name
+        self.keep = keep
+        self._loaded: OrderedDict[str, Predictor] = OrderedDict()
+        self._refused: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tag: str) -> Predictor:
+        """Version ``tag``, loading it if needed; a ModelError says why it cannot be."""
+        with self._lock:
+            if tag in self._loaded:
+                self._loaded.move_to_end(tag)
+                return self._loaded[tag]
+            if tag in self._refused:
+                raise ModelError(self._refused[tag])
+        try:
+            predictor = load_predictor(self.engine, tag, self.name)
+        except (ScoreboxError, OSError, ValueError, KeyError) as exc:
+            reason = " ".join(str(exc).split())[:500]
+            with self._lock:
+                self._refused[tag] = reason
+            raise ModelError(reason) from None
+        with self._lock:
+            self._loaded[tag] = predictor
+            while len(self._loaded) > self.keep:
+                self._loaded.popitem(last=False)
+        return predictor
+
+
+def serving(predictor: Predictor, max_rows: int, executor: Executor) -> Serving:
+    return Serving(predictor, Coalescer(predictor.answers, max_rows=max_rows, executor=executor))
