@@ -50,6 +50,7 @@ FAILED_ROWS_TABLE = "scorebox_failed_rows"
 MODELS_TABLE = "scorebox_models"
 ALIASES_TABLE = "scorebox_aliases"
 ALIAS_MOVES_TABLE = "scorebox_alias_moves"
+PREDICTION_LOG_TABLE = "scorebox_prediction_log"
 
 
 def normalize_url(url: str) -> str:
@@ -115,6 +116,7 @@ class Tables:
     models: Table
     aliases: Table
     alias_moves: Table
+    prediction_log: Table
 
     @classmethod
     def build(cls, predictions_table: str) -> Tables:
@@ -147,6 +149,7 @@ class Tables:
             Column("queue", Text, nullable=False, server_default="celery"),
             Column("max_failed_rows", BigInteger),
             Column("model_ref", Text, comment="what was asked for: an alias, latest or a version"),
+            Column("reference", JSON, comment="the model's features and training profile"),
         )
         chunks = Table(
             CHUNKS_TABLE,
@@ -165,6 +168,7 @@ class Tables:
             Column(
                 "updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()
             ),
+            Column("profile", JSON, comment="the scored rows' counts in training's bins"),
             Index(f"ix_{CHUNKS_TABLE}_status", "status", "updated_at"),
         )
         failed = Table(
@@ -175,7 +179,18 @@ class Tables:
             Column("reason", Text, nullable=False),
         )
         models, aliases, alias_moves = _registry(metadata)
-        return cls(metadata, predictions, jobs, chunks, failed, models, aliases, alias_moves)
+        log = Table(
+            PREDICTION_LOG_TABLE,
+            metadata,
+            Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+            Column("logged_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+            Column("model_tag", String(256), nullable=False),
+            Column("request_id", String(64), nullable=False),
+            Column("features", JSON, nullable=False, comment="the record as sent"),
+            Column("prediction", JSON, nullable=False, comment="the answer for it"),
+            Index(f"ix_{PREDICTION_LOG_TABLE}_logged_at", "logged_at"),
+        )
+        return cls(metadata, predictions, jobs, chunks, failed, models, aliases, alias_moves, log)
 
 
 def _registry(metadata: MetaData) -> tuple[Table, Table, Table]:

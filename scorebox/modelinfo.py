@@ -43,6 +43,8 @@ class ModelInfo:
     # Empty when the model has no compiled form (BentoML metadata cannot hold None).
     compiled_sha256: str = ""
     compiled_note: str = ""
+    # The training data's profile, for drift (scorebox/profile.py); empty in older models.
+    profile: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_names(self) -> list[str]:

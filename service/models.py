@@ -13,6 +13,7 @@ demand and keeps among a few recent ones (:class:`Pinned`).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +37,11 @@ from service.batching import Coalescer
 from service.predict import Predictor
 
 log = logging.getLogger(__name__)
+
+# A pinned version's tag: a model name and a BentoML version.
+_VERSION_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}:[a-z0-9][a-z0-9._-]{0,127}$")
+# Refusals remembered (so a bad version is not loaded again and again), the most recent first.
+REFUSED_KEPT = 64
 
 
 def registry_engine(database_url: str) -> Engine | None:
@@ -176,24 +182,34 @@ class Pinned:
         self.name = name
         self.keep = keep
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
-        self._refused: dict[str, str] = {}
+        self._refused: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+        # One load at a time: requests naming many versions cost one thread, not every core.
+        self._loading = threading.Lock()
 
     def get(self, tag: str) -> Predictor:
         """Version ``tag``, loading it if needed; a ModelError says why it cannot be."""
+        if not _VERSION_TAG.match(tag) or tag.partition(":")[0] != self.name:
+            raise ModelError(f"{tag[:200]!r} is not a version of {self.name} (name:version)")
         with self._lock:
             if tag in self._loaded:
                 self._loaded.move_to_end(tag)
                 return self._loaded[tag]
             if tag in self._refused:
                 raise ModelError(self._refused[tag])
-        try:
-            predictor = load_predictor(self.engine, tag, self.name)
-        except (ScoreboxError, OSError, ValueError, KeyError) as exc:
-            reason = " ".join(str(exc).split())[:500]
+        with self._loading:
             with self._lock:
-                self._refused[tag] = reason
-            raise ModelError(reason) from None
+                if tag in self._loaded:  # loaded while this request waited
+                    return self._loaded[tag]
+            try:
+                predictor = load_predictor(self.engine, tag, self.name)
+            except (ScoreboxError, OSError, ValueError, KeyError) as exc:
+                reason = " ".join(str(exc).split())[:500]
+                with self._lock:
+                    self._refused[tag] = reason
+                    while len(self._refused) > REFUSED_KEPT:
+                        self._refused.popitem(last=False)
+                raise ModelError(reason) from None
         with self._lock:
             self._loaded[tag] = predictor
             while len(self._loaded) > self.keep:

@@ -20,6 +20,7 @@ from scorebox.encoding import json_value
 from scorebox.errors import DataError
 from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
+from scorebox.profile import reference, score_of
 from scorebox.registry import record, registry_ready
 from scorebox.settings import Settings
 from training import data
@@ -123,6 +124,15 @@ def train(
     metrics, undefined = evaluate(pipeline, x_test, y_test, task)
     step("compiling the model")
     compiled = compile_pipeline(pipeline, x_test)
+    step("profiling the data for drift")
+    encoder = pipeline.named_steps["encode"]
+    probabilities = pipeline.predict_proba(x_test) if task == "classification" else None
+    values = pipeline.predict(x_test) if task == "regression" else None
+    profile = reference(
+        encoder.features_,
+        encoder.transform(features),
+        score_of(task, classes, probabilities, values),
+    )
 
     info = ModelInfo(
         task=task,
@@ -144,6 +154,7 @@ def train(
         example={str(name): json_value(value) for name, value in x_test.iloc[0].items()},
         compiled_sha256="" if compiled.onnx is None else hashlib.sha256(compiled.onnx).hexdigest(),
         compiled_note=compiled.summary,
+        profile=profile,
     )
     step(f"registering {settings.model_name} in the BentoML model store")
     model = register(settings.model_name, pipeline, info, compiled.onnx)

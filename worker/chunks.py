@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import (
@@ -31,7 +32,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from scorebox.db import Tables, utcnow
+from scorebox.encoding import ValueProblem, encode_columns, label_text
 from scorebox.errors import ScoreboxError
+from scorebox.features import Feature
+from scorebox.profile import count_chunk
 from worker.client import ServiceClient, ServiceRefused, ServiceUnavailable
 from worker.jobs import ACTIVE, fail_job
 from worker.store import Lease, Rows, Scored, Store, predictions_of, transient_adbc
@@ -260,9 +264,35 @@ def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
             f"{leased.job['model_tag']}; not mixing models (resubmit the job)"
         )
     try:
-        return predictions_of(rows.keys, result)
+        scored = predictions_of(rows.keys, result)
     except ValueError as exc:
         raise Permanent(str(exc)) from None
+    return replace(scored, profile=chunk_profile(leased.job.get("reference"), rows.table, result))
+
+
+def chunk_profile(
+    reference: dict[str, Any] | None, table: pa.Table, result: pa.Table
+) -> dict[str, list[int]] | None:
+    """The counts of a chunk's scored rows in the training profile's bins (for drift), or None
+    when the job's model has no profile."""
+    if not reference or not reference.get("profile") or not table.num_rows:
+        return None
+    features = [Feature.from_dict(f) for f in reference["features"]]
+    try:
+        encoded = encode_columns(features, {f.name: table.column(f.name) for f in features})
+    except (ValueProblem, KeyError):
+        return None
+    valid = encoded.valid
+    if reference["task"] == "regression":
+        scores = result.column("predicted_value").to_numpy(zero_copy_only=False)
+    elif len(reference["classes"]) == 2:
+        second = label_text(reference["classes"][1])
+        scores = result.column(f"p:{second}").to_numpy(zero_copy_only=False)
+    else:
+        scores = result.column("probability").to_numpy(zero_copy_only=False)
+    scores = np.asarray(scores, dtype=np.float64)[valid]
+    names = [f.name for f in features]
+    return count_chunk(reference["profile"], names, encoded.matrix[valid], encoded.unseen, scores)
 
 
 def _empty_result() -> pa.Table:

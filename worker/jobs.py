@@ -20,6 +20,7 @@ from scorebox.errors import ScoreboxError
 from scorebox.features import KeyKind, check_keys, resolve_key
 from scorebox.modelinfo import ModelInfo
 from scorebox.names import TableName, require_column, resolve_table
+from scorebox.profile import Drift
 from scorebox.settings import Settings
 from worker.client import ServiceClient
 from worker.reading import read_as, unscored
@@ -139,6 +140,7 @@ def submit_job(
         served = _pinned_version(engine, model_name, model_tag, client.base_url)
         if served != described["tag"]:
             features_of = [f.to_dict() for f in _info_of(engine, served).features]
+    reference = _reference(engine, served)
     tables = Tables.build(settings.predictions_table)
     with engine.begin() as conn:
         name = resolve_table(conn, table or settings.feature_table, "--table")
@@ -169,6 +171,7 @@ def submit_job(
                 table_name=str(name),
                 model_tag=served,
                 model_ref=model_tag,
+                reference=reference,
                 mode=mode,
                 status="queued" if chunks else "succeeded",
                 rows_total=total,
@@ -239,6 +242,23 @@ def _pinned_version(engine: Engine, name: str, ref: str, service_url: str) -> st
             f"--model {ref}: no such version of {name} (the registry's tables are missing: run "
             "`scorebox db upgrade`)"
         ) from None
+
+
+def _reference(engine: Engine, tag: str) -> dict[str, Any] | None:
+    """What the job's chunks need to count their rows for drift: the model's features and its
+    training profile (None for a model without one)."""
+    try:
+        info = _info_of(engine, tag)
+    except ScoreboxError:
+        return None
+    if not info.profile:
+        return None
+    return {
+        "task": info.task,
+        "classes": info.classes,
+        "features": [f.to_dict() for f in info.features],
+        "profile": info.profile,
+    }
 
 
 def _info_of(engine: Engine, tag: str) -> ModelInfo:
@@ -364,3 +384,33 @@ def failed_rows(
             .limit(limit)
         ).mappings()
         return [dict(r) for r in rows]
+
+
+def job_drift(engine: Engine, settings: Settings, job_id: int) -> list[Drift] | None:
+    """Each feature's drift (and the score's) over the rows a job scored so far, against its
+    model's training profile; None when the model has no profile."""
+    from scorebox.profile import drift, merge
+
+    tables = Tables.build(settings.predictions_table)
+    job = get_job(engine, settings, job_id)
+    reference = job.get("reference")
+    if not reference or not reference.get("profile"):
+        return None
+    with engine.connect() as conn:
+        profiles = conn.execute(
+            select(tables.chunks.c.profile).where(
+                tables.chunks.c.job_id == job_id, tables.chunks.c.status == "done"
+            )
+        ).scalars()
+        merged = merge(profiles)
+    return drift(reference["profile"], merged)
+
+
+def latest_job_id(engine: Engine, settings: Settings) -> int:
+    """The newest job's id (a ScoreboxError when there is none)."""
+    jobs = Tables.build(settings.predictions_table).jobs
+    with engine.connect() as conn:
+        found = conn.execute(select(func.max(jobs.c.id))).scalar()
+    if found is None:
+        raise ScoreboxError("no job yet; `scorebox score` queues one")
+    return int(found)

@@ -56,6 +56,8 @@ class Scored:
 
     table: pa.Table
     failed: list[tuple[str, str]]
+    # The scored rows' counts in the training profile's bins (scorebox/profile.py), if any.
+    profile: dict[str, list[int]] | None = None
 
     @property
     def count(self) -> int:
@@ -304,10 +306,11 @@ class PostgresStore:
                 # The fence, last: the lease must still be this worker's and unexpired now.
                 cursor.execute(
                     f"UPDATE {chunks} SET status = 'done', lease_token = NULL, rows_scored = $4, "
-                    "rows_failed = $5, updated_at = now() WHERE job_id = $1 AND chunk_no = $2 "
+                    "rows_failed = $5, profile = CAST($6 AS json), updated_at = now() "
+                    "WHERE job_id = $1 AND chunk_no = $2 "
                     "AND lease_token = $3 AND status = 'running' "
                     "AND lease_expires_at > clock_timestamp() RETURNING 1",
-                    (*ids, scored.count, len(scored.failed)),
+                    (*ids, scored.count, len(scored.failed), json.dumps(scored.profile)),
                 )
                 if not cursor.fetchall():
                     connection.rollback()
@@ -452,6 +455,7 @@ class PortableStore:
                     rows_scored=scored.count,
                     rows_failed=len(scored.failed),
                     updated_at=now,
+                    profile=scored.profile,
                 )
             ).rowcount
             if fenced == 0:

@@ -23,6 +23,8 @@ from scorebox.cli.app import (
     ready_engine,
     service_client,
 )
+from scorebox.errors import ScoreboxError
+from scorebox.profile import SCORE
 from scorebox.settings import Settings, get_settings
 
 # `scorebox score --wait` exits with how the job ended (README, "Score whole tables").
@@ -188,13 +190,68 @@ def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first.")
 @friendly
 def jobs_show(job_id: int) -> None:
     """Show one job, with the first rows that could not be scored and why."""
-    from worker.jobs import failed_rows, get_job
+    from worker.jobs import failed_rows, get_job, job_drift
 
     settings = get_settings()
     engine = ready_engine(settings, tables=True)
     print_job(get_job(engine, settings, job_id))
     for row in failed_rows(engine, settings, job_id):
         console.print(Text(f"  row {row['row_id']}: {row['reason']}"))
+    found = job_drift(engine, settings, job_id)
+    if found is None:
+        return
+    drifted = [d for d in found if d.psi > settings.drift_warn]
+    if not drifted:
+        console.print(
+            f"drift: no feature past PSI {settings.drift_warn:g} (`scorebox drift {job_id}`)"
+        )
+    for d in drifted:
+        what = "score" if d.name == SCORE else d.name
+        console.print(
+            Text.assemble(
+                ("drift: ", "bold yellow"),
+                f"{what}: PSI {d.psi:.3f} > {settings.drift_warn:g} (SCOREBOX_DRIFT_WARN)",
+            )
+        )
+
+
+@app.command(epilog=EPILOG)
+@friendly
+def drift(
+    job_id: Annotated[int | None, typer.Argument(help="The job; default: the newest.")] = None,
+) -> None:
+    """How far the rows a job scored drifted from the model's training data: per feature the
+    population stability index (PSI) over training's bins, missing values then and now, and
+    the share of categories never seen in training; then the model's score. Features past
+    SCOREBOX_DRIFT_WARN are flagged."""
+    from worker.jobs import job_drift, latest_job_id
+
+    settings = get_settings()
+    engine = ready_engine(settings, tables=True)
+    job_id = job_id if job_id is not None else latest_job_id(engine, settings)
+    found = job_drift(engine, settings, job_id)
+    if found is None:
+        raise ScoreboxError(
+            f"job {job_id}'s model has no training profile (trained by an older scorebox); "
+            "retrain it to see drift"
+        )
+    rows = max((d.rows for d in found), default=0)
+    console.print(f"job {job_id}: drift of {rows:,} scored rows against training", highlight=False)
+    width = max([len(d.name) for d in found] + [7])
+    console.print(
+        f"{'FEATURE':<{width}}  {'KIND':<8}  {'PSI':>7}  {'MISSING THEN/NOW':>17}  {'UNSEEN':>6}",
+        style="bold",
+        highlight=False,
+    )
+    for d in found:
+        flag = "  drifted" if d.psi > settings.drift_warn else ""
+        name = "(score)" if d.name == SCORE else d.name
+        missing = f"{d.missing_then:.1%}/{d.missing_now:.1%}"
+        console.print(
+            f"{name:<{width}}  {d.kind:<8}  {d.psi:>7.3f}  {missing:>17}  "
+            f"{d.unseen_now:>6.1%}{flag}",
+            highlight=False,
+        )
 
 
 @jobs_app.command("cancel", epilog=EPILOG)

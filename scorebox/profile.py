@@ -1,0 +1,180 @@
+"""Data profiles and drift: how a feature's values spread, at training and in each batch job.
+
+A profile counts, per feature, the rows in a few bins of the encoded value (what the model sees:
+numbers, dates as days, booleans as 0/1, categories as codes): a bin for missing values, then
+quantile bins of the training values (numbers, dates, booleans) or the most frequent categories
+and "other", then a bin for categories never seen in training. Training stores the bin edges
+and its shares with the model; a batch job counts the rows each chunk scored into the same bins
+(no second pass over the table) and the counts of its chunks add up to the job's profile. Drift
+is the population stability index (PSI) of the job's shares against training's, per feature and
+for the model's own score.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scorebox.features import Feature
+
+QUANTILE_BINS = 10
+TOP_CATEGORIES = 20
+# Shares below this count as this much, so an empty bin gives a finite PSI.
+FLOOR = 1e-4
+SCORE = "__score__"
+
+
+def _edges(values: np.ndarray, bins: int = QUANTILE_BINS) -> list[float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return []
+    inner = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])
+    return [float(v) for v in np.unique(inner)]
+
+
+def _feature_layout(feature: Feature, values: np.ndarray) -> dict[str, Any]:
+    """How a feature's values are binned, learnt from the training values."""
+    if feature.kind == "category":
+        codes = values[np.isfinite(values)].astype(np.int64)
+        counts = np.bincount(codes, minlength=len(feature.categories))
+        order = np.argsort(-counts, kind="stable")[:TOP_CATEGORIES]
+        top = [int(c) for c in order if counts[c] > 0]
+        return {"kind": "category", "top": top, "labels": [feature.categories[c] for c in top]}
+    if feature.kind == "bool":
+        return {"kind": "bool", "edges": [0.5]}
+    return {"kind": feature.kind, "edges": _edges(values)}
+
+
+def _bins(layout: Mapping[str, Any]) -> int:
+    """Bins of a layout: missing, the value bins, never seen."""
+    if layout["kind"] == "category":
+        return 1 + len(layout["top"]) + 1 + 1
+    return 1 + len(layout["edges"]) + 1 + 1
+
+
+def _count(layout: Mapping[str, Any], values: np.ndarray, unseen: int = 0) -> np.ndarray:
+    """Rows of ``values`` (one encoded column) in each bin of ``layout``; ``unseen`` of the
+    missing values were categories never seen in training."""
+    counts = np.zeros(_bins(layout), dtype=np.int64)
+    present = np.isfinite(values)
+    counts[0] = int((~present).sum()) - unseen
+    counts[-1] = unseen
+    kept = values[present]
+    if layout["kind"] == "category":
+        position = np.full(max(int(kept.max()) + 1 if len(kept) else 0, 1), len(layout["top"]))
+        for rank, code in enumerate(layout["top"]):
+            if code < len(position):
+                position[code] = rank
+        index = 1 + position[kept.astype(np.int64)]
+    else:
+        index = 1 + np.searchsorted(np.asarray(layout["edges"], dtype=np.float64), kept, "right")
+    counts += np.bincount(index, minlength=len(counts))[: len(counts)]
+    return counts
+
+
+def score_of(
+    task: str, classes: Sequence[Any], probabilities: np.ndarray | None, values: Any
+) -> np.ndarray:
+    """The number a row is judged by: the second class's probability (two classes), the
+    predicted class's probability (more), or the predicted value (regression)."""
+    if task == "regression" or probabilities is None:
+        return np.asarray(values, dtype=np.float64)
+    if len(classes) == 2:
+        return np.asarray(probabilities[:, 1], dtype=np.float64)
+    return np.asarray(probabilities.max(axis=1), dtype=np.float64)
+
+
+def reference(
+    features: Sequence[Feature], matrix: np.ndarray, scores: np.ndarray
+) -> dict[str, Any]:
+    """Training's profile: each feature's layout and shares, and the holdout score's."""
+    profile: dict[str, Any] = {"rows": len(matrix), "features": {}}
+    for j, feature in enumerate(features):
+        layout = _feature_layout(feature, matrix[:, j])
+        counts = _count(layout, matrix[:, j])
+        profile["features"][feature.name] = layout | {"shares": _shares(counts)}
+    score_layout = {"kind": "number", "edges": _edges(scores)}
+    profile["score"] = score_layout | {"shares": _shares(_count(score_layout, scores))}
+    return profile
+
+
+def _shares(counts: np.ndarray) -> list[float]:
+    total = counts.sum()
+    return [float(c) / total if total else 0.0 for c in counts]
+
+
+def count_chunk(
+    profile: Mapping[str, Any],
+    names: Sequence[str],
+    matrix: np.ndarray,
+    unseen: Counter[str],
+    scores: np.ndarray | None,
+) -> dict[str, list[int]]:
+    """One chunk's counts in training's bins (``matrix``: its encoded rows, columns ``names``)."""
+    counts: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        layout = profile["features"].get(name)
+        if layout is not None:
+            counts[name] = _count(layout, matrix[:, j], unseen.get(name, 0)).tolist()
+    if scores is not None and "score" in profile:
+        counts[SCORE] = _count(profile["score"], scores).tolist()
+    return counts
+
+
+def merge(chunks: Iterable[Mapping[str, Sequence[int]] | None]) -> dict[str, np.ndarray]:
+    """The job's counts: its chunks' added up."""
+    total: dict[str, np.ndarray] = {}
+    for counts in chunks:
+        for name, values in (counts or {}).items():
+            array = np.asarray(values, dtype=np.int64)
+            total[name] = total[name] + array if name in total else array
+    return total
+
+
+def psi(expected: Sequence[float], counts: np.ndarray) -> float:
+    """Population stability index of ``counts`` against the ``expected`` shares."""
+    observed = counts / counts.sum() if counts.sum() else np.zeros(len(counts))
+    e = np.maximum(np.asarray(expected, dtype=np.float64), FLOOR)
+    o = np.maximum(observed, FLOOR)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One feature's (or the score's) drift in a job."""
+
+    name: str
+    kind: str
+    psi: float
+    rows: int
+    missing_then: float
+    missing_now: float
+    unseen_now: float  # share of rows with a category never seen in training
+
+
+def drift(profile: Mapping[str, Any], merged: Mapping[str, np.ndarray]) -> list[Drift]:
+    """Every profiled feature's drift (then the score's), largest PSI first."""
+    found = []
+    items = [*profile["features"].items(), (SCORE, profile.get("score"))]
+    for name, layout in items:
+        if layout is None or name not in merged:
+            continue
+        counts = merged[name]
+        rows = int(counts.sum())
+        found.append(
+            Drift(
+                name=name,
+                kind=layout["kind"],
+                psi=psi(layout["shares"], counts),
+                rows=rows,
+                missing_then=float(layout["shares"][0]),
+                missing_now=float(counts[0]) / rows if rows else 0.0,
+                unseen_now=float(counts[-1]) / rows if rows else 0.0,
+            )
+        )
+    features = sorted((d for d in found if d.name != SCORE), key=lambda d: -d.psi)
+    return features + [d for d in found if d.name == SCORE]
