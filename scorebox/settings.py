@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     model_tag: str = "latest"
     model_poll_seconds: float = Field(2.0, gt=0)
     drift_warn: float = Field(0.2, gt=0)
+    drift_every_seconds: float = Field(10.0, gt=0)
     log_predictions: float = Field(0.0, ge=0, le=1)
     feature_table: str = "features"
     id_column: str = "id"

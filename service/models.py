@@ -34,6 +34,7 @@ from scorebox.errors import ModelError, ScoreboxError
 from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
 from scorebox.registry import LATEST, Resolved, ensure_local, registry_ready, resolve
 from service.batching import Coalescer
+from service.drift import OnlineDrift
 from service.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Serving:
 
     predictor: Predictor
     coalesce: Coalescer[dict[str, Any]]
+    online: OnlineDrift | None  # drift of its /predict traffic, when the model has a profile
 
 
 class Following:
@@ -217,5 +219,10 @@ class Pinned:
         return predictor
 
 
-def serving(predictor: Predictor, max_rows: int, executor: Executor) -> Serving:
-    return Serving(predictor, Coalescer(predictor.answers, max_rows=max_rows, executor=executor))
+def serving(
+    predictor: Predictor, max_rows: int, executor: Executor, drift_every: float = 10.0
+) -> Serving:
+    online = OnlineDrift(predictor.info, every=drift_every) if predictor.info.profile else None
+    return Serving(
+        predictor, Coalescer(predictor.answers, max_rows=max_rows, executor=executor), online
+    )

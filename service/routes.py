@@ -15,6 +15,7 @@ from scorebox.errors import ModelError
 from service import openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
+from service.predlog import request_id
 from service.records import BodyProblem, parse_records
 
 if TYPE_CHECKING:
@@ -95,7 +96,17 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
             value = answer["prediction"]
             if isinstance(value, float) and not math.isfinite(value):
                 answer["prediction"] = None  # a linear model can overflow on extreme inputs
-        return Answer(200, {"model": predictor.tag, "predictions": answers})
+        if predictor is current.predictor and current.online is not None:
+            current.online.add(matrix)
+        if service.prediction_log is None:
+            return Answer(200, {"model": predictor.tag, "predictions": answers})
+        rid = request_id(request.headers.get(b"x-request-id"))
+        service.prediction_log.offer(predictor.tag, rid, records, answers)
+        return Answer(
+            200,
+            {"model": predictor.tag, "predictions": answers},
+            headers=[(b"x-request-id", rid.encode())],
+        )
 
     async def predict_arrow(request: Request) -> Answer:
         """An Arrow stream of feature columns in, a stream of predictions out."""

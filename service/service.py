@@ -38,6 +38,7 @@ from service.models import (
     serving,
 )
 from service.predict import Predictor
+from service.predlog import PredictionLog
 from service.routes import routes
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,13 @@ class Scorebox:
                 REGISTRY, resolved, settings.model_name, settings.model_poll_seconds, self._switch
             )
             self.following.start()
+        self.prediction_log: PredictionLog | None = None
+        if settings.log_predictions > 0 and settings.database_url.startswith("postgresql"):
+            self.prediction_log = PredictionLog(settings.database_url, settings.log_predictions)
         log.info("serving %s (%s)", resolved.tag, resolved.ref)
 
     def _serving(self, predictor: Predictor) -> Serving:
-        return serving(predictor, self.max_records, self.scoring)
+        return serving(predictor, self.max_records, self.scoring, settings.drift_every_seconds)
 
     def max_rows_for(self, predictor: Predictor) -> int:
         """Rows one Arrow batch may hold for ``predictor``'s features."""

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from scorebox.processes import BIN, ROOT, free_port, serving, stop, working
-from tests.conftest import PG_HOST
+from tests.conftest import PG_HOST, TrainedModel, process_env
 
 
 def _compose() -> str:
@@ -199,3 +199,66 @@ def test_every_container_command_runs_as_a_local_process(
             finally:
                 stop(beat)
     assert "beat: Starting" in (tmp_path / "beat.log").read_text()
+
+
+_IMPORTED = """
+import sys, importlib.metadata as md
+import service.service  # what `bentoml serve` imports in the serving image
+names = {m.split(".")[0] for m in list(sys.modules)}
+found = md.packages_distributions()
+print("\\n".join(sorted({d for n in names for d in found.get(n, [])})))
+"""
+
+
+def _requirement_name(text: str) -> str:
+    import re
+
+    return re.split(r"[\\[<>=!~; ]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _closure(declared: list[str]) -> set[str]:
+    """The ``declared`` requirements and every distribution they require, transitively (with
+    the extras a declared requirement names, such as ``psycopg[binary]``)."""
+    import re
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = [(_requirement_name(r), set(re.findall(r"\[([^]]*)\]", r)[:1])) for r in declared]
+    while todo:
+        name, extras = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for requirement in requires:
+            wanted = re.search(r"extra == ['\"]([^'\"]+)['\"]", requirement)
+            if wanted is None or wanted.group(1) in extras:
+                todo.append((_requirement_name(requirement), set()))
+    return seen
+
+
+# Imported only when present, by code that works without them.
+OPTIONAL = {
+    "charset-normalizer",  # numpy.f2py
+    "setuptools",  # _distutils_hack, which setuptools' .pth file loads in every interpreter
+}
+
+
+def test_the_bento_declares_every_package_the_service_imports(trained: TrainedModel) -> None:
+    done = subprocess.run(
+        [str(BIN / "python"), "-c", _IMPORTED],
+        cwd=ROOT,
+        env=process_env(trained.settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {_requirement_name(d) for d in done.stdout.split()}
+    declared = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]
+    installed = _closure(declared)
+    missing = sorted(imported - installed - OPTIONAL - {"scorebox"})
+    assert not missing, f"bentofile.yaml lacks packages the service imports: {missing}"

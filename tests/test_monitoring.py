@@ -4,14 +4,20 @@ worker`: drift of a batch job against the training profile, computed per chunk a
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
+import pandas as pd
 from sqlalchemy import Engine, text
 
-from scorebox.processes import BIN, working
+from scorebox.migrate import upgrade
+from scorebox.processes import BIN, serving, working
+from scorebox.seed import seed
 from scorebox.settings import Settings
+from tests.conftest import TrainedModel, process_env
 from tests.scoring import env_for, wait_for
 from worker.client import ServiceClient
 from worker.jobs import submit_job
@@ -84,9 +90,12 @@ def test_a_shifted_feature_and_only_it_is_flagged_with_the_psi_computed_here(
             {"j": moved},
         ).scalar()
     assert chunks == 6
-    assert f"job {moved}: drift of 569 scored rows" in subprocess.run(
-        [str(BIN / "scorebox"), "drift"], env=env_for(scoring), capture_output=True, text=True
-    ).stdout
+    assert (
+        f"job {moved}: drift of 569 scored rows"
+        in subprocess.run(
+            [str(BIN / "scorebox"), "drift"], env=env_for(scoring), capture_output=True, text=True
+        ).stdout
+    )
     shown = subprocess.run(
         [str(BIN / "scorebox"), "jobs", "show", str(moved)],
         env=env_for(scoring),
@@ -95,3 +104,91 @@ def test_a_shifted_feature_and_only_it_is_flagged_with_the_psi_computed_here(
         timeout=60,
     ).stdout
     assert f"drift: {SHIFTED}: PSI {expected:.3f} > 0.2 (SCOREBOX_DRIFT_WARN)" in shown
+
+
+def _records(engine: Engine, features: list[str], shift: str | None = None) -> list[dict]:
+    with engine.connect() as conn:
+        frame = pd.read_sql(text("SELECT * FROM features ORDER BY id"), conn)
+    if shift is not None:
+        frame[shift] = frame[shift] * 1.3 + 2
+    return [{name: float(row[name]) for name in features} for _, row in frame.iterrows()]
+
+
+def _metric(url: str, name: str, feature: str | None = None) -> float:
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name) and (feature is None or f'feature="{feature}"' in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_prediction_log_and_online_drift_gauges(
+    settings: Settings, engine: Engine, trained: TrainedModel, tmp_path: Path
+) -> None:
+    upgrade(engine, settings.predictions_table)
+    with engine.begin() as conn:
+        seed(conn, settings.feature_table, id_column="id", target_column="target")
+    env = process_env(
+        settings,
+        SCOREBOX_MODEL_NAME=trained.settings.model_name,
+        SCOREBOX_LOG_PREDICTIONS="1.0",
+        SCOREBOX_SERVICE_WORKERS="1",
+        SCOREBOX_DRIFT_EVERY_SECONDS="1",
+    )
+    names = trained.info.feature_names
+    sent = _records(engine, names, shift=SHIFTED)[:300]
+    with serving(env, tmp_path / "serve.log") as url, httpx.Client(base_url=url) as client:
+        answers = []
+        for i, record in enumerate(sent):
+            response = client.post(
+                "/predict", json={"records": [record]}, headers={"x-request-id": f"r-{i}"}
+            )
+            assert response.status_code == 200 and response.headers["x-request-id"] == f"r-{i}"
+            answers.append(response.json()["predictions"][0])
+        deadline = time.monotonic() + 10
+        while _count(engine) < len(sent):
+            assert time.monotonic() < deadline, f"{_count(engine)} of {len(sent)} logged"
+            time.sleep(0.1)
+        with engine.connect() as conn:
+            logged = conn.execute(
+                text(
+                    "SELECT request_id, model_tag, features, prediction "
+                    "FROM scorebox_prediction_log ORDER BY id"
+                )
+            ).all()
+        assert [row[0] for row in logged] == [f"r-{i}" for i in range(len(sent))]
+        assert {row[1] for row in logged} == {trained.tag}
+        assert [row[2] for row in logged] == sent
+        assert [row[3] for row in logged] == answers
+
+        # Online drift: the shifted feature's gauge, and no other, is past the threshold.
+        time.sleep(1.1)
+        client.post("/predict", json={"records": [sent[0]]})
+        psi = {name: _metric(url, "scorebox_feature_psi", name) for name in names}
+        assert {name for name, value in psi.items() if value > 0.2} == {SHIFTED}, psi
+
+        # The log table away (renamed): answers go on, the sampled ones are counted as dropped.
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE scorebox_prediction_log RENAME TO away"))
+        started = time.monotonic()
+        for record in sent[:100]:
+            assert client.post("/predict", json={"records": [record]}).status_code == 200
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while _metric(url, "scorebox_prediction_log_dropped_total") < 1:
+            assert time.monotonic() < deadline, "nothing counted as dropped"
+            time.sleep(0.2)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE away RENAME TO scorebox_prediction_log"))
+        before = _count(engine)
+        deadline = time.monotonic() + 20
+        while _count(engine) == before:  # it reconnects and writes again
+            client.post("/predict", json={"records": [sent[1]]})
+            assert time.monotonic() < deadline, "logging never resumed"
+            time.sleep(0.3)
+    assert "prediction log: " in (tmp_path / "serve.log").read_text()
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM scorebox_prediction_log")).scalar_one())

@@ -1,0 +1,147 @@
+"""The prediction log: a sample of online requests (SCOREBOX_LOG_PREDICTIONS, a rate from 0 to 1)
+written to PostgreSQL without slowing them down.
+
+A request only appends its records and answers to a bounded buffer on the event loop (or counts
+them as dropped when the buffer is full); a task on the same loop writes what gathered every
+``interval`` seconds with asyncpg's binary COPY, on a connection of its own. When the database
+is away the service keeps answering: the batch that could not be written is dropped and
+counted, and the task reconnects with a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from prometheus_client import Counter, Gauge
+from sqlalchemy.engine import make_url
+
+from scorebox.db import PREDICTION_LOG_TABLE
+
+log = logging.getLogger(__name__)
+
+logged = Counter("scorebox_prediction_log_written", "Predictions written to the prediction log")
+dropped = Counter(
+    "scorebox_prediction_log_dropped",
+    "Sampled predictions not logged (buffer full or database away), by reason",
+    ["reason"],
+)
+buffered = Gauge("scorebox_prediction_log_buffered", "Predictions waiting to be logged")
+
+_encode = msgspec.json.Encoder().encode
+
+
+def asyncpg_arguments(database_url: str) -> dict[str, Any]:
+    """asyncpg's connect() arguments for a SQLAlchemy PostgreSQL URL; ``options=-c k=v`` (a
+    search_path, say) become server settings."""
+    url = make_url(database_url)
+    settings: dict[str, str] = {}
+    options = url.query.get("options")
+    for part in options if isinstance(options, tuple) else (options,) if options else ():
+        for token in str(part).split():
+            if token.startswith("-c") and "=" in token:
+                key, _, value = token.removeprefix("-c").partition("=")
+                settings[key] = value
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "server_settings": settings | {"application_name": "scorebox-service-log"},
+        "timeout": 5,
+    }
+
+
+class PredictionLog:
+    """A sampled, buffered, asynchronous writer of predictions to the log table."""
+
+    def __init__(
+        self,
+        database_url: str,
+        rate: float,
+        capacity: int = 20_000,
+        interval: float = 0.25,
+        batch: int = 5_000,
+    ) -> None:
+        self.arguments = asyncpg_arguments(database_url)
+        self.rate = rate
+        self.capacity = capacity
+        self.interval = interval
+        self.batch = batch
+        self._pending: deque[tuple[datetime, str, str, Any, Any]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._connection: Any = None
+        self._pause = 0.0
+
+    def offer(self, tag: str, request_id: str, records: list[Any], answers: list[Any]) -> None:
+        """Sample a request's records for the log: cheap, never waits, never raises."""
+        if self.rate < 1.0 and random.random() >= self.rate:
+            return
+        if len(self._pending) + len(records) > self.capacity:
+            dropped.labels(reason="buffer full").inc(len(records))
+            return
+        now = datetime.now(UTC)
+        for record, answer in zip(records, answers, strict=True):
+            self._pending.append((now, tag, request_id, record, answer))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval + self._pause)
+            buffered.set(len(self._pending))
+            while self._pending:
+                taken = [
+                    self._pending.popleft() for _ in range(min(self.batch, len(self._pending)))
+                ]
+                if not await self._write(taken):
+                    break
+
+    async def _write(self, taken: list[tuple[datetime, str, str, Any, Any]]) -> bool:
+        rows = [
+            (at, tag, request_id, _encode(record).decode(), _encode(answer).decode())
+            for at, tag, request_id, record, answer in taken
+        ]
+        try:
+            if self._connection is None or self._connection.is_closed():
+                import asyncpg
+
+                self._connection = await asyncpg.connect(**self.arguments)
+            await self._connection.copy_records_to_table(
+                PREDICTION_LOG_TABLE,
+                records=rows,
+                columns=["logged_at", "model_tag", "request_id", "features", "prediction"],
+                timeout=10,
+            )
+        except Exception as exc:  # the database away, or anything else: drop, count, go on
+            dropped.labels(reason="database error").inc(len(rows))
+            self._pause = min(max(self._pause * 2, 0.5), 10.0)
+            if self._connection is not None:
+                self._connection.terminate()
+                self._connection = None
+            log.warning(
+                "prediction log: %d predictions dropped (%s); next try in %.1f s",
+                len(rows),
+                " ".join(str(exc).split())[:200] or type(exc).__name__,
+                self._pause,
+            )
+            return False
+        self._pause = 0.0
+        logged.inc(len(rows))
+        return True
+
+
+def request_id(given: bytes | None) -> str:
+    """The caller's ``x-request-id`` (printable, at most 64 characters) or a new one."""
+    if given:
+        text = given.decode("latin-1").strip()
+        if 0 < len(text) <= 64 and text.isprintable():
+            return text
+    return f"{time.time_ns():x}{random.getrandbits(32):08x}"
