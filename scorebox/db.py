@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -59,6 +60,28 @@ def normalize_url(url: str) -> str:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
+
+
+def asyncpg_arguments(database_url: str, application_name: str) -> dict[str, Any]:
+    """asyncpg's connect() arguments for a SQLAlchemy PostgreSQL URL; ``options=-c k=v`` (a
+    search_path, say) become server settings."""
+    url = make_url(database_url)
+    settings: dict[str, str] = {}
+    options = url.query.get("options")
+    for part in options if isinstance(options, tuple) else (options,) if options else ():
+        for token in str(part).split():
+            if token.startswith("-c") and "=" in token:
+                key, _, value = token.removeprefix("-c").partition("=")
+                settings[key] = value
+    return {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "server_settings": settings | {"application_name": application_name},
+        "timeout": 5,
+    }
 
 
 def make_engine(url: str, connect_timeout: int = 5, application_name: str = "scorebox") -> Engine:

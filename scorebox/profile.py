@@ -12,6 +12,7 @@ for the model's own score.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,3 +179,14 @@ def drift(profile: Mapping[str, Any], merged: Mapping[str, np.ndarray]) -> list[
         )
     features = sorted((d for d in found if d.name != SCORE), key=lambda d: -d.psi)
     return features + [d for d in found if d.name == SCORE]
+
+
+def bin_labels(layout: Mapping[str, Any]) -> list[str]:
+    """Readable names of a layout's bins, in order."""
+    if layout["kind"] == "category":
+        return ["missing", *layout["labels"], "other", "never seen"]
+    edges = [f"{e:.4g}" for e in layout["edges"]]
+    if not edges:
+        return ["missing", "all", "never seen"]
+    inner = [f"{a} to {b}" for a, b in itertools.pairwise(edges)]
+    return ["missing", f"< {edges[0]}", *inner, f"≥ {edges[-1]}", "never seen"]

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     drift_warn: float = Field(0.2, gt=0)
     drift_every_seconds: float = Field(10.0, gt=0)
     log_predictions: float = Field(0.0, ge=0, le=1)
+    dashboard_database_url: str | None = None
     feature_table: str = "features"
     id_column: str = "id"
     feature_columns: Annotated[list[str] | None, NoDecode] = None
@@ -184,6 +185,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// or sqlite:// URL")
         return value
 
+    @field_validator("dashboard_database_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith("postgresql"):
+            raise ValueError("must be a postgresql:// URL (the dashboard reads PostgreSQL)")
+        return value or None
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``settings`` as the SCOREBOX_* variables that give them to another process."""
@@ -215,7 +223,7 @@ def described(settings: Settings) -> list[tuple[str, str, str]]:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             shown = "********"
-        elif name == "database_url":
+        elif name in ("database_url", "dashboard_database_url") and value:
             shown = make_url(value).render_as_string(hide_password=True)
         elif isinstance(value, list):
             shown = ",".join(value)

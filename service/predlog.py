@@ -20,9 +20,8 @@ from typing import Any
 
 import msgspec
 from prometheus_client import Counter, Gauge
-from sqlalchemy.engine import make_url
 
-from scorebox.db import PREDICTION_LOG_TABLE
+from scorebox.db import PREDICTION_LOG_TABLE, asyncpg_arguments
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +36,6 @@ buffered = Gauge("scorebox_prediction_log_buffered", "Predictions waiting to be 
 _encode = msgspec.json.Encoder().encode
 
 
-def asyncpg_arguments(database_url: str) -> dict[str, Any]:
-    """asyncpg's connect() arguments for a SQLAlchemy PostgreSQL URL; ``options=-c k=v`` (a
-    search_path, say) become server settings."""
-    url = make_url(database_url)
-    settings: dict[str, str] = {}
-    options = url.query.get("options")
-    for part in options if isinstance(options, tuple) else (options,) if options else ():
-        for token in str(part).split():
-            if token.startswith("-c") and "=" in token:
-                key, _, value = token.removeprefix("-c").partition("=")
-                settings[key] = value
-    return {
-        "host": url.host or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username,
-        "password": url.password,
-        "database": url.database,
-        "server_settings": settings | {"application_name": "scorebox-service-log"},
-        "timeout": 5,
-    }
-
-
 class PredictionLog:
     """A sampled, buffered, asynchronous writer of predictions to the log table."""
 
@@ -70,7 +47,7 @@ class PredictionLog:
         interval: float = 0.25,
         batch: int = 5_000,
     ) -> None:
-        self.arguments = asyncpg_arguments(database_url)
+        self.arguments = asyncpg_arguments(database_url, "scorebox-service-log")
         self.rate = rate
         self.capacity = capacity
         self.interval = interval

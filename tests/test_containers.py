@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import pytest
 import yaml
@@ -70,11 +72,15 @@ def test_compose_wires_healthchecks_order_and_restarts() -> None:
         "service",
         "worker",
         "beat",
+        "dashboard",
     }
     for name in ("postgres", "redis", "service"):
         assert "healthcheck" in services[name], name
-    for name in ("postgres", "redis", "service", "worker", "beat"):
+    for name in ("postgres", "redis", "service", "worker", "beat", "dashboard"):
         assert services[name]["restart"] == "unless-stopped", name
+    assert services["dashboard"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["training"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
@@ -199,6 +205,29 @@ def test_every_container_command_runs_as_a_local_process(
             finally:
                 stop(beat)
     assert "beat: Starting" in (tmp_path / "beat.log").read_text()
+
+    command, env = local("dashboard")
+    assert command[:2] == ["scorebox", "dashboard"]
+    dashboard_port = free_port()
+    command = [
+        str(BIN / command[0]),
+        *(str(dashboard_port) if p == "8080" else p for p in command[1:]),
+    ]
+    with (tmp_path / "dashboard.log").open("wb") as out:
+        dashboard = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        for _ in range(100):
+            try:
+                page = httpx.get(f"http://127.0.0.1:{dashboard_port}/jobs", timeout=2)
+                break
+            except httpx.TransportError:
+                assert dashboard.poll() is None, (tmp_path / "dashboard.log").read_text()
+                time.sleep(0.2)
+        assert page.status_code == 200 and "succeeded" in page.text
+    finally:
+        stop(dashboard)
 
 
 _IMPORTED = """

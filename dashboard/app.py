@@ -1,0 +1,161 @@
+"""`scorebox dashboard`: a small read-only web page over scorebox's tables.
+
+Starlette serves the pages, Jinja2 writes them, matplotlib draws the charts as SVG. It reads
+PostgreSQL with asyncpg on connections whose transactions are read-only
+(SCOREBOX_DASHBOARD_DATABASE_URL can name a role that can only read); with SCOREBOX_API_TOKEN
+set, every page needs it (``Authorization: Bearer`` or ``?token=``, remembered in a cookie).
+It runs in a process of its own, never in the prediction service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from dashboard import charts, queries
+from scorebox.db import asyncpg_arguments
+from scorebox.profile import SCORE, bin_labels, drift, merge
+from scorebox.settings import Settings
+
+REFRESH_SECONDS = 5
+_COOKIE = "scorebox_token"
+
+
+def _templates() -> Environment:
+    environment = Environment(
+        loader=PackageLoader("dashboard", "templates"), autoescape=select_autoescape()
+    )
+    environment.filters["number"] = lambda v: "" if v is None else f"{v:,.0f}"
+    environment.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M:%S}"
+    return environment
+
+
+def make_app(settings: Settings) -> Starlette:
+    """The dashboard for ``settings``' database."""
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    templates = _templates()
+    url = settings.dashboard_database_url or settings.database_url
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        import asyncpg
+
+        arguments = connect_arguments(url)
+        state["pool"] = await asyncpg.create_pool(min_size=1, max_size=4, **arguments)
+        try:
+            yield
+        finally:
+            await state["pool"].close()
+
+    def page(name: str, **context: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(**context))
+
+    def guarded(
+        handler: Callable[[Request, Any], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            given = request.query_params.get("token") or request.cookies.get(_COOKIE)
+            header = request.headers.get("authorization", "")
+            if header.lower().startswith("bearer "):
+                given = header[7:]
+            if token is not None and not (given and hmac.compare_digest(given, token)):
+                return PlainTextResponse(
+                    "this dashboard needs the API token (SCOREBOX_API_TOKEN): open it with "
+                    "?token=... once",
+                    status_code=401,
+                )
+            async with state["pool"].acquire() as conn:
+                response = await handler(request, conn)
+            if token is not None and request.query_params.get("token"):
+                response.set_cookie(_COOKIE, token, httponly=True, samesite="strict")
+            return response
+
+        return endpoint
+
+    async def models_page(request: Request, conn: Any) -> Response:
+        found = await queries.models(conn)
+        for model in found:
+            model["metrics"] = json.loads(model["metrics"])
+        return page("models.html", models=found, active="models")
+
+    async def evaluation(request: Request, conn: Any) -> Response:
+        png = await queries.evaluation_png(conn, request.path_params["tag"])
+        if png is None:
+            return PlainTextResponse("no evaluation plot for this version", status_code=404)
+        return Response(png, media_type="image/png")
+
+    async def jobs_page(request: Request, conn: Any) -> Response:
+        found = await queries.jobs(conn)
+        live = any(j["status"] in ("queued", "running") for j in found)
+        return page(
+            "jobs.html", jobs=found, active="jobs", refresh=REFRESH_SECONDS if live else None
+        )
+
+    async def job_page(request: Request, conn: Any) -> Response:
+        job_id = int(request.path_params["job_id"])
+        job = await queries.job(conn, job_id)
+        if job is None:
+            return PlainTextResponse(f"no job {job_id}", status_code=404)
+        failed = await queries.failed_rows(conn, job_id)
+        reference, profiles = await queries.reference_and_profiles(conn, job_id)
+        context: dict[str, Any] = {"job": job, "failed": failed, "active": "jobs"}
+        if reference is not None and json.loads(reference):
+            profile = json.loads(reference)["profile"]
+            merged = merge(json.loads(p) for p in profiles)
+            found = drift(profile, merged)
+            context["drift"] = found
+            context["warn"] = settings.drift_warn
+            if found:
+                context["bars"] = await asyncio.to_thread(
+                    charts.drift_bars, found, settings.drift_warn
+                )
+                top = next((d for d in found if d.name != SCORE), None)
+                if top is not None:
+                    layout = profile["features"][top.name]
+                    counts = merged[top.name]
+                    now = (counts / counts.sum()).tolist() if counts.sum() else []
+                    context["top"] = top
+                    context["shares"] = await asyncio.to_thread(
+                        charts.shares,
+                        bin_labels(layout),
+                        layout["shares"],
+                        now,
+                        f"{top.name}: training against this job (PSI {top.psi:.3f})",
+                    )
+        live = job["status"] in ("queued", "running")
+        return page("job.html", refresh=REFRESH_SECONDS if live else None, **context)
+
+    async def log_page(request: Request, conn: Any) -> Response:
+        points = await queries.log_volume(conn)
+        chart = await asyncio.to_thread(charts.volume, points)
+        total = sum(n for _, n in points)
+        return page("log.html", chart=chart, total=total, active="log")
+
+    return Starlette(
+        routes=[
+            Route("/", guarded(models_page)),
+            Route("/models/{tag:str}/evaluation.png", guarded(evaluation)),
+            Route("/jobs", guarded(jobs_page)),
+            Route("/jobs/{job_id:int}", guarded(job_page)),
+            Route("/log", guarded(log_page)),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def connect_arguments(database_url: str) -> dict[str, Any]:
+    """asyncpg arguments for the dashboard: every transaction read-only."""
+    arguments = asyncpg_arguments(database_url, "scorebox-dashboard")
+    arguments["server_settings"]["default_transaction_read_only"] = "on"
+    return arguments

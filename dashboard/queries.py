@@ -1,0 +1,101 @@
+"""What the dashboard reads, with asyncpg, on a connection that cannot write."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from typing import Any
+
+from scorebox.db import (
+    ALIASES_TABLE,
+    CHUNKS_TABLE,
+    FAILED_ROWS_TABLE,
+    JOBS_TABLE,
+    MODELS_TABLE,
+    PREDICTION_LOG_TABLE,
+)
+
+
+async def models(conn: Any) -> list[dict[str, Any]]:
+    """Registered versions, newest first, with their aliases."""
+    rows = await conn.fetch(
+        f"SELECT m.tag, m.name, m.task, m.estimator, m.metrics::text AS metrics, m.created_at, "
+        f"m.created_by, coalesce(array_agg(a.alias ORDER BY a.alias) FILTER (WHERE a.alias IS NOT "
+        f"NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m LEFT JOIN {ALIASES_TABLE} a "
+        "ON a.tag = m.tag GROUP BY m.tag ORDER BY m.created_at DESC, m.tag DESC LIMIT 50"
+    )
+    return [dict(r) for r in rows]
+
+
+async def evaluation_png(conn: Any, tag: str) -> bytes | None:
+    """The evaluation plot training wrote, from the version's archive in the registry."""
+    data = await conn.fetchval(f"SELECT artifact FROM {MODELS_TABLE} WHERE tag = $1", tag)
+    if data is None:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        for member in archive.getmembers():
+            if member.isfile() and member.name.endswith("report/evaluation.png"):
+                extracted = archive.extractfile(member)
+                return extracted.read() if extracted is not None else None
+    return None
+
+
+_JOBS = (
+    "SELECT id, status, table_name, model_tag, model_ref, mode, rows_total, rows_scored, "
+    "rows_failed, error, created_at, started_at, finished_at, "
+    "extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds "
+    f"FROM {JOBS_TABLE}"
+)
+
+
+def _job(row: Any) -> dict[str, Any]:
+    job = dict(row)
+    seconds = float(job["seconds"] or 0)
+    done = job["rows_scored"] + job["rows_failed"]
+    job["rate"] = done / seconds if seconds > 0 else None
+    job["progress"] = min(1.0, done / job["rows_total"]) if job["rows_total"] else 1.0
+    return job
+
+
+async def jobs(conn: Any, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent jobs with their progress and speed (rows a second since they started)."""
+    return [_job(r) for r in await conn.fetch(f"{_JOBS} ORDER BY id DESC LIMIT $1", limit)]
+
+
+async def job(conn: Any, job_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"{_JOBS} WHERE id = $1", job_id)
+    return None if row is None else _job(row)
+
+
+async def failed_rows(conn: Any, job_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT row_id, reason FROM {FAILED_ROWS_TABLE} WHERE job_id = $1 ORDER BY row_id "
+        "LIMIT $2",
+        job_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def reference_and_profiles(conn: Any, job_id: int) -> tuple[str | None, list[str]]:
+    """A job's model reference (JSON text) and its done chunks' counts (JSON texts)."""
+    reference = await conn.fetchval(
+        f"SELECT reference::text FROM {JOBS_TABLE} WHERE id = $1", job_id
+    )
+    profiles = await conn.fetch(
+        f"SELECT profile::text FROM {CHUNKS_TABLE} WHERE job_id = $1 AND status = 'done' "
+        "AND profile IS NOT NULL",
+        job_id,
+    )
+    return reference, [r[0] for r in profiles]
+
+
+async def log_volume(conn: Any, hours: int = 24) -> list[tuple[Any, int]]:
+    """Logged predictions per minute over the last ``hours``."""
+    rows = await conn.fetch(
+        f"SELECT date_trunc('minute', logged_at) AS minute, count(*) AS n FROM "
+        f"{PREDICTION_LOG_TABLE} WHERE logged_at > now() - make_interval(hours => $1) "
+        "GROUP BY 1 ORDER BY 1",
+        hours,
+    )
+    return [(r["minute"], int(r["n"])) for r in rows]
