@@ -195,6 +195,50 @@ def _new_rows(rows: int) -> dict[str, str]:
 # --- scorebox jobs ---------------------------------------------------------------------------
 
 
+def real_table(
+    settings: Settings, base_env: dict[str, str], logs: Path, rows: int, concurrency: int
+) -> float:
+    """Rows/s of a job over the penguins example (text ids, categories, a date, a timestamp,
+    a boolean, NULLs), with a model trained on it."""
+    from training import train
+
+    real = settings.model_copy(
+        update={
+            "model_name": "bench-penguins",
+            "feature_table": "bench_penguins",
+            "target_column": "Species",
+            "id_column": "Penguin ID",
+        }
+    )
+    engine = make_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text('DROP TABLE IF EXISTS "bench_penguins"'))
+        seed(
+            conn,
+            "bench_penguins",
+            id_column="Penguin ID",
+            target_column="Species",
+            rows=rows,
+            example="penguins",
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text('VACUUM ANALYZE "bench_penguins"'))
+    engine.dispose()
+    train(real, make_engine(settings.database_url))
+    env = base_env | {
+        "SCOREBOX_MODEL_NAME": real.model_name,
+        "SCOREBOX_ID_COLUMN": real.id_column,
+        "SCOREBOX_SERVICE_WORKERS": "2",
+    }
+    with serving(env, logs / "service-penguins.log") as url:
+        env["SCOREBOX_SERVICE_URL"] = url
+        scoring = real.model_copy(
+            update={"service_url": url, "redis_url": env["SCOREBOX_REDIS_URL"]}
+        )
+        rate, _, _ = job(scoring, env, "bench_penguins", logs, concurrency=concurrency)
+    return rate
+
+
 def job(
     settings: Settings,
     env: dict[str, str],
@@ -243,6 +287,9 @@ def main() -> None:
     parser.add_argument("--large-rows", type=int, default=10_000_000)
     parser.add_argument("--chunk-size", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=4, help="worker processes")
+    parser.add_argument(
+        "--real-rows", type=int, default=300_000, help="penguins rows (0: skip the real table)"
+    )
     args = parser.parse_args()
 
     settings, tag = prepare()
@@ -275,20 +322,24 @@ def main() -> None:
             if service_workers != 2:
                 continue
             results["big"] = scale[(args.concurrency, 2)]
-            # --mode new where 1% of the rows are new: delete their predictions first.
+            # --mode new where 1% of the rows are new (the full run's predictions are there).
             full = args.rows / results["big"]
-            with make_engine(settings.database_url).begin() as conn:
-                conn.execute(text("DELETE FROM predictions WHERE CAST(row_id AS bigint) % 100 = 0"))
-            rate, _, found = job(
-                scoring,
-                env,
-                "bench_big",
-                logs,
-                concurrency=args.concurrency,
-                mode="new",
-                truncate=False,
-            )
-            results["new"] = (found["rows_total"], found["rows_total"] / rate, full)
+            results["new"] = {}
+            for case, statement in _new_rows(args.rows).items():
+                with make_engine(settings.database_url).begin() as conn:
+                    conn.execute(text(statement))
+                rate, _, found = job(
+                    scoring,
+                    env,
+                    "bench_big",
+                    logs,
+                    concurrency=args.concurrency,
+                    mode="new",
+                    truncate=False,
+                )
+                results["new"][case] = (found["rows_total"], found["rows_total"] / rate, full)
+            with make_engine(settings.database_url).begin() as conn:  # back to its size
+                conn.execute(text(f"DELETE FROM bench_big WHERE id > {args.rows}"))
             _, results["small_rss"], _ = job(
                 scoring, env, "bench_small", logs, concurrency=args.concurrency
             )
@@ -296,6 +347,9 @@ def main() -> None:
                 results["large"], results["large_rss"], _ = job(
                     scoring, env, "bench_large", logs, concurrency=args.concurrency
                 )
+
+    if args.real_rows:
+        results["real"] = real_table(settings, base_env, logs, args.real_rows, args.concurrency)
 
     print(f"\nbatch benchmark: {args.rows:,} rows, chunks of {args.chunk_size:,}")
     print(f"{'path':<58} {'rows/s':>10}")
@@ -305,6 +359,9 @@ def main() -> None:
         f"{results['big']:>10,.0f}"
     )
     print(f"scorebox / in-process pipeline: {results['big'] / limit:.2f}x (target >= 1.3x)")
+    if args.real_rows:
+        label = f"scorebox job, penguins ({args.real_rows:,} rows, text ids, categories)"
+        print(f"{label:<58} {results['real']:>10,.0f}")
     print("\nin-process pipeline, time per row by stage (both processes):")
     print("  " + ", ".join(f"{k} {v:.2f} us" for k, v in stages.items()))
     for case, (new_rows, new_seconds, full_seconds) in results["new"].items():

@@ -2,7 +2,8 @@
 against the floors measured in the same run (bench/floors.py: a BentoML `@bentoml.api` returning
 a constant, a Starlette route mounted in BentoML returning a constant, a bare uvicorn app), a
 plain BentoML service over the same model as BentoML's docs write it, and the model's own
-predict on one row in-process (scikit-learn, and the compiled model).
+predict on one row in-process (scikit-learn, and the compiled model); and scorebox with every
+request written to the prediction log (SCOREBOX_LOG_PREDICTIONS=1.0), for what logging costs.
 
     python bench/online.py [--seconds 10]
 """
@@ -130,25 +131,27 @@ def main() -> None:
     record = json.dumps({"records": [dict(zip(names, rows[0].tolist(), strict=True))]}).encode()
     plain = json.dumps({"input": [rows[0].tolist()]}).encode()
     logs = Path(os.environ["BENTOML_HOME"])
+    logging = {"SCOREBOX_LOG_PREDICTIONS": "1.0"}
     servers = [
-        ("scorebox /predict", ".", record),
-        ("BentoML @bentoml.api, constant", "bench.floors:ApiConstant", record),
-        ("Starlette route in BentoML, constant", "bench.floors:MountedConstant", record),
-        ("plain BentoML over the model", "bench.plain_service:Plain", plain),
-        ("bare uvicorn (h11), constant", None, record),
+        ("scorebox /predict", ".", record, {}),
+        ("scorebox /predict, prediction log 1.0", ".", record, logging),
+        ("BentoML @bentoml.api, constant", "bench.floors:ApiConstant", record, {}),
+        ("Starlette route in BentoML, constant", "bench.floors:MountedConstant", record, {}),
+        ("plain BentoML over the model", "bench.plain_service:Plain", plain, {}),
+        ("bare uvicorn (h11), constant", None, record, {}),
     ]
     results: dict[str, dict[int, Wrk]] = {}
     batch_rates: dict[str, float] = {}
-    for name, target, body in servers:
+    for name, target, body, extra in servers:
         context = (
             _uvicorn(logs / "uvicorn.log")
             if target is None
-            else serving(env, logs / f"{name.split()[0]}.log", target=target)
+            else serving(env | extra, logs / f"{name.split()[0]}.log", target=target)
         )
         with context as url:
             wrk(url + "/predict", body, 4, 2)  # warm up
             results[name] = {c: wrk(url + "/predict", body, c, args.seconds) for c in (1, 32)}
-            if target == ".":
+            if target == "." and not extra:
                 batch_rates = _batch_formats(url, frame, names)
 
     print(f"\nonline benchmark: wrk, {args.seconds:.0f} s a run, 2 server processes each")
@@ -168,6 +171,9 @@ def main() -> None:
     api = results["BentoML @bentoml.api, constant"]
     print(f"\nscorebox p50 at 1 connection: {ours[1].p50_ms:.2f} ms (target <= 1.0 ms)")
     print(f"scorebox req/s at 32 connections: {ours[32].rps:,.0f} (target >= 3000, 0 errors)")
+    logged = results["scorebox /predict, prediction log 1.0"]
+    cost = 1 - logged[32].rps / ours[32].rps
+    print(f"prediction log at 1.0: {cost:.1%} fewer req/s at 32 connections (target < 10%)")
     print(
         f"scorebox / BentoML @bentoml.api constant: {ours[32].rps / api[32].rps:.2f}x req/s "
         f"at 32, {ours[1].p50_ms / api[1].p50_ms:.2f}x p50 at 1"
