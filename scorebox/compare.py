@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,19 @@ def _probabilities(value: Any) -> dict[str, float]:
     return json.loads(value) if isinstance(value, str) else dict(value or {})
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``actual`` against ``expected``, on ``expected``'s
-    quantile bins (shares floored at 1e-4 so an empty bin is finite)."""
+def psi(
+    expected: np.ndarray, actual: np.ndarray, bins: int = 10, probability: bool = False
+) -> float:
+    """Population stability index of ``actual`` against ``expected``, on ten equal bins of
+    [0, 1] for probabilities (quantiles of scores piled near 0 and 1 would split hairs), else
+    on ``expected``'s quantile bins; shares floored at 1e-4 so an empty bin is finite."""
     expected, actual = expected[np.isfinite(expected)], actual[np.isfinite(actual)]
     if not len(expected) or not len(actual):
         return float("nan")
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
+    if probability:
+        edges = np.linspace(0, 1, bins + 1)[1:-1]
+    else:
+        edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
     e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
     a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
     e_share = np.maximum(e / e.sum(), 1e-4)
@@ -106,7 +114,22 @@ def _metric_functions(info: ModelInfo) -> dict[str, Any]:
     return chosen
 
 
-def _labelled(engine: Engine, table: Any, id_column: str, labels: str, task: str) -> pd.DataFrame:
+def _class_text(value: Any, known: set[str]) -> str:
+    """A label as the predictions write its class: ``1.0`` is class ``1``, ``True`` is class
+    ``1`` when the model knows ``1`` and not ``true``."""
+    text = label_text(value)
+    if text in known:
+        return text
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float | Decimal) and value == int(value):
+        return label_text(int(value))
+    return text
+
+
+def _labelled(
+    engine: Engine, table: Any, id_column: str, labels: str, info: ModelInfo
+) -> pd.DataFrame:
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -114,10 +137,17 @@ def _labelled(engine: Engine, table: Any, id_column: str, labels: str, task: str
             ).where(table.c[labels].is_not(None))
         ).all()
     frame = pd.DataFrame(rows, columns=["row_id", "y"])
-    if task == "regression":
+    if info.task == "regression":
         frame["y"] = pd.to_numeric(frame["y"], errors="coerce")
         return frame[frame["y"].notna()]
-    frame["y"] = [label_text(v) for v in frame["y"]]
+    known = {label_text(c) for c in info.classes}
+    texts = [_class_text(v, known) for v in frame["y"]]
+    if texts and not known.intersection(texts):
+        raise ScoreboxError(
+            f"the labels in {labels!r} (such as {texts[0]!r}) match none of the model's classes "
+            f"({', '.join(sorted(known))}); is --labels the right column?"
+        )
+    frame["y"] = texts
     return frame
 
 
@@ -191,7 +221,7 @@ def compare(
         rows=len(frame),
         agreement=agreement,
         score_name=score_name,
-        psi=psi(score_a, score_b),
+        psi=psi(score_a, score_b, probability=info_a.task == "classification"),
         ks=float(ks_2samp(score_a, score_b).statistic),
         mean_a=float(np.nanmean(score_a)),
         mean_b=float(np.nanmean(score_b)),
@@ -200,7 +230,7 @@ def compare(
         scores_b=score_b,
     )
     if labels is not None:
-        truth = _labelled(engine, source, id_column, labels, info_a.task)
+        truth = _labelled(engine, source, id_column, labels, info_a)
         frame["score_a"], frame["score_b"] = score_a, score_b
         joined = frame.merge(truth, on="row_id")
         result.labelled_rows = len(joined)
@@ -215,35 +245,53 @@ def _metrics(
 ) -> dict[str, tuple[float, float, float, float, float]]:
     """Each metric for a and b on the labelled rows, b - a, and its bootstrap interval."""
     y = joined["y"].to_numpy()
-    label_a = joined["predicted_label_a"].to_numpy()
-    label_b = joined["predicted_label_b"].to_numpy()
-    score_a = joined["score_a"].to_numpy(dtype=np.float64)
-    score_b = joined["score_b"].to_numpy(dtype=np.float64)
+    labels = joined["predicted_label_a"].to_numpy(), joined["predicted_label_b"].to_numpy()
+    scores = (
+        joined["score_a"].to_numpy(dtype=np.float64),
+        joined["score_b"].to_numpy(dtype=np.float64),
+    )
     rng = np.random.default_rng(random_state)
     found = {}
-    for metric, function in _metric_functions(info).items():
-        try:
-            value_a = float(function(y, label_a, score_a))
-            value_b = float(function(y, label_b, score_b))
-        except ValueError:  # e.g. ROC AUC on rows of a single class
-            continue
-        size = min(len(y), BOOTSTRAP_ROWS)
-        differences = []
-        for _ in range(BOOTSTRAP):
-            pick = rng.integers(0, len(y), size)
-            try:
-                differences.append(
-                    function(y[pick], label_b[pick], score_b[pick])
-                    - function(y[pick], label_a[pick], score_a[pick])
-                )
-            except ValueError:
-                continue
-        tail = (1 - CONFIDENCE) / 2
-        low, high = (
-            np.quantile(differences, [tail, 1 - tail]) if differences else (math.nan, math.nan)
-        )
-        found[metric] = (value_a, value_b, value_b - value_a, float(low), float(high))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample of a single class warns; it is skipped
+        for metric, function in _metric_functions(info).items():
+            measured = _metric(function, y, labels, scores, rng)
+            if measured is not None:
+                found[metric] = measured
     return found
+
+
+def _metric(
+    function: Any,
+    y: np.ndarray,
+    labels: tuple[np.ndarray, np.ndarray],
+    scores: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[float, float, float, float, float] | None:
+    """One metric for a and b, b - a, and its bootstrap interval (None when undefined)."""
+    (label_a, label_b), (score_a, score_b) = labels, scores
+    try:
+        value_a = float(function(y, label_a, score_a))
+        value_b = float(function(y, label_b, score_b))
+    except ValueError:  # e.g. ROC AUC on rows of a single class
+        return None
+    if not (math.isfinite(value_a) and math.isfinite(value_b)):
+        return None
+    size = min(len(y), BOOTSTRAP_ROWS)
+    differences = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.integers(0, len(y), size)
+        try:
+            differences.append(
+                function(y[pick], label_b[pick], score_b[pick])
+                - function(y[pick], label_a[pick], score_a[pick])
+            )
+        except ValueError:
+            continue
+    finite = [d for d in differences if math.isfinite(d)]
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(finite, [tail, 1 - tail]) if finite else (math.nan, math.nan)
+    return value_a, value_b, value_b - value_a, float(low), float(high)
 
 
 def write_report(result: Comparison, folder: Path) -> Path:

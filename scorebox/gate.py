@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -55,6 +56,11 @@ class Gate:
             against = f"{self.ref} {base:.4f}" + (
                 f" {'+' if self.margin >= 0 else '-'} {abs(self.margin):g}" if self.margin else ""
             )
+        if not (math.isfinite(value) and math.isfinite(bound)):
+            raise ConfigError(
+                f"--if {self.text!r}: {self.metric} is undefined here ({value} against {bound}); "
+                "check the labels, or gate on another metric"
+            )
         passed = _OPS[self.op](value, bound)
         shown = self.op if passed else {">=": "<", ">": "<=", "<=": ">", "<": ">="}[self.op]
         return passed, f"{self.metric} {value:.4f} {shown} {against}"
@@ -63,11 +69,13 @@ class Gate:
 def parse_gate(text: str) -> Gate:
     """``text`` as a Gate, or a ConfigError showing the form."""
     match = _GATE.match(text.lower())
-    if match is None:
+    if match is None or not text.strip():
         raise ConfigError(
             f"--if {text!r}: write METRIC OP champion [+|- MARGIN] or METRIC OP NUMBER, for "
             "example 'roc_auc >= champion + 0.005'"
         )
     margin = float(match["margin"] or 0.0) * (-1 if match["sign"] == "-" else 1)
     number = float(match["number"]) if match["number"] is not None else None
+    if not math.isfinite(margin) or (number is not None and not math.isfinite(number)):
+        raise ConfigError(f"--if {text!r}: numbers must be finite")
     return Gate(text, match["metric"], match["op"], number, match["ref"], margin)

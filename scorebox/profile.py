@@ -90,7 +90,7 @@ def score_of(
 
 
 def reference(
-    features: Sequence[Feature], matrix: np.ndarray, scores: np.ndarray
+    features: Sequence[Feature], matrix: np.ndarray, scores: np.ndarray, probability: bool = False
 ) -> dict[str, Any]:
     """Training's profile: each feature's layout and shares, and the holdout score's."""
     profile: dict[str, Any] = {"rows": len(matrix), "features": {}}
@@ -98,7 +98,9 @@ def reference(
         layout = _feature_layout(feature, matrix[:, j])
         counts = _count(layout, matrix[:, j])
         profile["features"][feature.name] = layout | {"shares": _shares(counts)}
-    score_layout = {"kind": "number", "edges": _edges(scores)}
+    # Probabilities on ten equal bins of [0, 1]: their quantiles pile up near 0 and 1.
+    edges = [round(e, 1) for e in np.linspace(0, 1, 11)[1:-1]] if probability else _edges(scores)
+    score_layout = {"kind": "number", "edges": edges}
     profile["score"] = score_layout | {"shares": _shares(_count(score_layout, scores))}
     return profile
 

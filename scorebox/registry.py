@@ -20,12 +20,15 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, desc, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from scorebox.db import MODELS_TABLE, Tables
 from scorebox.errors import ConfigError, ModelError, ScoreboxError
 
 # An alias is a plain lower-case name; a BentoML version is 16 lower-case letters and digits.
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# What a version or an alias may look like (BentoML's version rule: 63 characters at most).
+VERSION = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
 LATEST = "latest"
 
 
@@ -104,6 +107,11 @@ def resolve(engine: Engine, name: str, ref: str) -> Resolved:
         given, _, ref = ref.partition(":")
         if given != name:
             raise ScoreboxError(f"{given}:{ref} is not a version of model {name}")
+    if not VERSION.match(ref):
+        raise ScoreboxError(
+            f"{ref[:80]!r} names no version of {name}: give a version, `latest` or an alias "
+            "(`scorebox models list` shows them)"
+        )
     tables = _tables()
     with engine.connect() as conn:
         if ref == LATEST:
@@ -306,20 +314,62 @@ def _move(
     return None if current is None else str(current)
 
 
+def incompatibility(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why a service serving a version with metadata ``old`` cannot switch to one with
+    ``new`` (another task, other features or classes: its callers would break), if it cannot."""
+    if old.get("task") != new.get("task"):
+        return f"it is {new.get('task')}, not {old.get('task')}"
+    features = [(f["name"], f["kind"]) for f in old.get("features", [])]
+    theirs = [(f["name"], f["kind"]) for f in new.get("features", [])]
+    if features != theirs:
+        changed = sorted({name for name, _ in set(features) ^ set(theirs)}) or ["their order"]
+        return "its features differ (" + ", ".join(changed)[:200] + ")"
+    if old.get("classes") != new.get("classes"):
+        return f"its classes differ ({new.get('classes')} against {old.get('classes')})"
+    return None
+
+
 def set_alias(
-    engine: Engine, alias: str, tag: str, reason: str | None = None, by: str | None = None
+    engine: Engine,
+    alias: str,
+    tag: str,
+    reason: str | None = None,
+    by: str | None = None,
+    force: bool = False,
 ) -> str | None:
     """Point ``alias`` of the tag's model at registered version ``tag``; return where it
-    pointed before."""
+    pointed before. A version its services could not switch to (another task, other features
+    or classes) is refused unless ``force``."""
     _check_alias(alias)
     name = tag.partition(":")[0]
-    with engine.begin() as conn:
-        if _model_row(conn, tag, ["tag"]) is None:
-            raise ScoreboxError(
-                f"no model {tag} in the registry; `scorebox models list` shows the versions "
-                "(`scorebox models push TAG` records a local one)"
-            )
-        return _move(conn, name, alias, tag, "move", reason, by or who())
+    aliases = _tables().aliases
+    try:
+        with engine.begin() as conn:
+            row = _model_row(conn, tag, ["tag", "metadata"])
+            if row is None:
+                raise ScoreboxError(
+                    f"no model {tag} in the registry; `scorebox models list` shows the versions "
+                    "(`scorebox models push TAG` records a local one)"
+                )
+            current = conn.execute(
+                select(aliases.c.tag)
+                .where(aliases.c.name == name, aliases.c.alias == alias)
+                .with_for_update()
+            ).scalar()
+            if current is not None and current != tag and not force:
+                old = _model_row(conn, str(current), ["metadata"])
+                why = incompatibility(dict(old["metadata"]), dict(row["metadata"])) if old else None
+                if why is not None:
+                    raise ScoreboxError(
+                        f"{alias} points at {current}; {tag} cannot replace it: {why}, so services "
+                        f"that serve {alias} would break their callers (they refuse to switch). "
+                        "Use another alias, or --force and restart those services"
+                    )
+            return _move(conn, name, alias, tag, "move", reason, by or who())
+    except IntegrityError:
+        raise ScoreboxError(
+            f"alias {alias} was changed by someone else at the same moment; run the command again"
+        ) from None
 
 
 def remove_alias(engine: Engine, name: str, alias: str, by: str | None = None) -> str:
@@ -345,7 +395,21 @@ def rollback(engine: Engine, name: str, alias: str, by: str | None = None) -> tu
     """Move ``alias`` back one step: to the version it pointed at before its last move (a
     rollback undoes a move, so rolling back twice goes back two moves). Return (from, to)."""
     with engine.begin() as conn:
-        moves = _tables().alias_moves
+        tables = _tables()
+        moves, aliases = tables.alias_moves, tables.aliases
+        # Lock the alias (or, if it was removed, its history) before reading where it went.
+        conn.execute(
+            select(aliases.c.tag)
+            .where(aliases.c.name == name, aliases.c.alias == alias)
+            .with_for_update()
+        ).all()
+        conn.execute(
+            select(moves.c.id)
+            .where(moves.c.name == name, moves.c.alias == alias)
+            .order_by(desc(moves.c.id))
+            .limit(1)
+            .with_for_update()
+        ).all()
         rows = conn.execute(
             select(moves.c.to_tag, moves.c.action)
             .where(moves.c.name == name, moves.c.alias == alias)
@@ -365,4 +429,4 @@ def rollback(engine: Engine, name: str, alias: str, by: str | None = None) -> tu
             )
         target = str(stack[-2])
         old = _move(conn, name, alias, target, "rollback", None, by or who())
-    return str(old), target
+    return (old if old is not None else "(removed)"), target

@@ -13,7 +13,6 @@ demand and keeps among a few recent ones (:class:`Pinned`).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,15 +31,21 @@ from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.db import make_engine
 from scorebox.errors import ModelError, ScoreboxError
 from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
-from scorebox.registry import LATEST, Resolved, ensure_local, registry_ready, resolve
+from scorebox.registry import (
+    LATEST,
+    VERSION,
+    Resolved,
+    ensure_local,
+    incompatibility,
+    registry_ready,
+    resolve,
+)
 from service.batching import Coalescer
 from service.drift import OnlineDrift
 from service.predict import Predictor
 
 log = logging.getLogger(__name__)
 
-# A pinned version's tag: a model name and a BentoML version.
-_VERSION_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}:[a-z0-9][a-z0-9._-]{0,127}$")
 # Refusals remembered (so a bad version is not loaded again and again), the most recent first.
 REFUSED_KEPT = 64
 
@@ -102,8 +107,19 @@ class Serving:
     online: OnlineDrift | None  # drift of its /predict traffic, when the model has a profile
 
 
+def _reason(exc: BaseException) -> str:
+    """An error on one line: a database error's own first line, not the statement it ran."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else repr(exc.orig)
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:500]
+
+
 class Following:
-    """Polls the registry for where the served reference points and switches to it."""
+    """Polls the registry for where the served reference points and switches to it when the new
+    version loads, passes its checks and can answer the same callers (same task, features and
+    classes). A refused version is tried again after ``retry`` seconds (it may be repaired)."""
 
     def __init__(
         self,
@@ -112,14 +128,19 @@ class Following:
         name: str,
         interval: float,
         switch: Callable[[Predictor], None],
+        current: Callable[[], Predictor],
+        retry: float = 60.0,
     ) -> None:
         self.engine = engine
         self.ref = resolved.ref
+        self.alias = resolved.alias
         self.name = name
         self.interval = interval
         self.switch = switch
+        self.current = current
+        self.retry = retry
         self.target = resolved.tag
-        self.refused: dict[str, str] = {}  # tag -> why it was refused
+        self.refused: dict[str, float] = {}  # tag -> when it was refused
         self.error: str | None = None  # the last problem: a refused version or the registry away
         self.switches = 0
         self._stop = threading.Event()
@@ -141,30 +162,40 @@ class Following:
             try:
                 self.check()
             except Exception as exc:  # the poller must outlive any one failure
-                self.error = f"cannot read the model registry: {' '.join(str(exc).split())[:300]}"
+                self.error = f"cannot read the model registry: {_reason(exc)}"
                 log.warning("%s", self.error)
 
     def check(self) -> None:
-        """One poll: switch when the reference points somewhere new and loadable."""
-        tag = resolve(self.engine, self.name, self.ref).tag
-        if tag == self.target:
-            if self.refused:  # moved back: a refused version may be tried again once fixed
-                self.refused.clear()
-                self.error = None
+        """One poll: switch when the reference points somewhere new, loadable and compatible."""
+        resolved = resolve(self.engine, self.name, self.ref)
+        if self.alias is not None and resolved.alias is None:
+            self.error = f"alias {self.alias} no longer exists; still serving {self.target}"
             return
-        if tag in self.refused:
+        tag = resolved.tag
+        if tag == self.target:
+            self.refused.clear()  # moved back: a refused version may be tried again at once
+            self.error = None  # and the registry answers again
+            return
+        refused_at = self.refused.get(tag)
+        if refused_at is not None and time.monotonic() - refused_at < self.retry:
             return
         started = time.monotonic()
         try:
             predictor = load_predictor(self.engine, tag, self.name)
-        except (ScoreboxError, OSError, ValueError, KeyError) as exc:
-            reason = " ".join(str(exc).split())[:500]
-            self.refused[tag] = reason
-            self.error = f"refused {tag}, kept serving {self.target}: {reason}"
-            log.error("%s", self.error)
+            why = incompatibility(self.current().info.to_metadata(), predictor.info.to_metadata())
+            if why is not None:
+                raise ModelError(
+                    f"{why}, so this service's callers would break; restart the service to serve it"
+                )
+        except DBAPIError:
+            raise  # the registry away: said by _run, tried again next poll
+        except Exception as exc:
+            self.refused[tag] = time.monotonic()
+            self.error = f"refused {tag}, kept serving {self.target}: {_reason(exc)}"
+            log.error("%s (tried again in %.0f s)", self.error, self.retry)
             return
         self.switch(predictor)
-        log.info(
+        log.warning(  # a notable event: the version that answers changed
             "%s now serves %s (was %s; loaded and checked in %.2f s)",
             self.ref,
             tag,
@@ -172,47 +203,62 @@ class Following:
             time.monotonic() - started,
         )
         self.target, self.error = tag, None
+        self.refused.pop(tag, None)
         self.switches += 1
+
+
+class RegistryAway(ScoreboxError):
+    """The registry could not be read: worth trying again (a 503)."""
 
 
 class Pinned:
     """Exact versions asked for by batch requests, loaded on demand; the few most recent are
-    kept (each is a whole pipeline in memory)."""
+    kept (each is a whole pipeline in memory). A version that cannot be served is remembered
+    for ``retry`` seconds, then tried again (it may have been repaired)."""
 
-    def __init__(self, engine: Engine | None, name: str, keep: int = 3) -> None:
+    def __init__(
+        self, engine: Engine | None, name: str, keep: int = 3, retry: float = 60.0
+    ) -> None:
         self.engine = engine
         self.name = name
         self.keep = keep
+        self.retry = retry
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
-        self._refused: OrderedDict[str, str] = OrderedDict()
+        self._refused: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
         # One load at a time: requests naming many versions cost one thread, not every core.
         self._loading = threading.Lock()
 
     def get(self, tag: str) -> Predictor:
-        """Version ``tag``, loading it if needed; a ModelError says why it cannot be."""
-        if not _VERSION_TAG.match(tag) or tag.partition(":")[0] != self.name:
+        """Version ``tag``, loading it if needed; a ModelError says why it cannot be, a
+        RegistryAway that the registry did not answer."""
+        name, _, version = tag.partition(":")
+        if name != self.name or not VERSION.match(version):
             raise ModelError(f"{tag[:200]!r} is not a version of {self.name} (name:version)")
         with self._lock:
             if tag in self._loaded:
                 self._loaded.move_to_end(tag)
                 return self._loaded[tag]
-            if tag in self._refused:
-                raise ModelError(self._refused[tag])
+            refused = self._refused.get(tag)
+            if refused is not None and time.monotonic() - refused[1] < self.retry:
+                raise ModelError(refused[0])
         with self._loading:
             with self._lock:
                 if tag in self._loaded:  # loaded while this request waited
                     return self._loaded[tag]
             try:
                 predictor = load_predictor(self.engine, tag, self.name)
-            except (ScoreboxError, OSError, ValueError, KeyError) as exc:
-                reason = " ".join(str(exc).split())[:500]
+            except DBAPIError as exc:
+                raise RegistryAway(f"the model registry did not answer: {_reason(exc)}") from None
+            except Exception as exc:
+                reason = _reason(exc)
                 with self._lock:
-                    self._refused[tag] = reason
+                    self._refused[tag] = (reason, time.monotonic())
                     while len(self._refused) > REFUSED_KEPT:
                         self._refused.popitem(last=False)
                 raise ModelError(reason) from None
         with self._lock:
+            self._refused.pop(tag, None)
             self._loaded[tag] = predictor
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)

@@ -15,6 +15,7 @@ from scorebox.errors import ModelError
 from service import openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
+from service.models import RegistryAway
 from service.predlog import request_id
 from service.records import BodyProblem, parse_records
 
@@ -57,8 +58,10 @@ async def _pinned(service: Scorebox, tag: str) -> Predictor | Answer:
     """Version ``tag`` of the served model, loaded off the event loop; a 409 naming why not."""
     try:
         return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
+    except RegistryAway as exc:
+        return Answer(503, {"error": f"cannot load {tag} now: {exc}"})
     except ModelError as exc:
-        return Answer(409, {"error": f"cannot serve {tag}: {exc}"})
+        return Answer(409, {"error": f"cannot serve {tag[:200]}: {exc}"})
 
 
 def routes(service: Scorebox) -> dict[tuple[str, str], Route]:

@@ -116,7 +116,12 @@ class Scorebox:
         self.following: Following | None = None
         if REGISTRY is not None and Following.wanted(resolved):
             self.following = Following(
-                REGISTRY, resolved, settings.model_name, settings.model_poll_seconds, self._switch
+                REGISTRY,
+                resolved,
+                settings.model_name,
+                settings.model_poll_seconds,
+                self._switch,
+                lambda: self.current.predictor,
             )
             self.following.start()
         self.prediction_log: PredictionLog | None = None

@@ -42,6 +42,7 @@ class Registry:
     engine: Engine
     v1: str  # HistGradientBoosting
     v2: str  # random forest
+    v3: str  # regression on the same table: not a replacement for the others
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,8 @@ def registry(database: str, redis_url: str) -> Iterator[Registry]:
         seed(conn, settings.feature_table, id_column="id", target_column="target")
     v1 = train(settings, engine).tag
     v2 = train(settings.model_copy(update={"estimator": "random_forest"}), engine).tag
-    yield Registry(settings, engine, v1, v2)
+    v3 = train(settings.model_copy(update={"task": "regression"}), engine).tag
+    yield Registry(settings, engine, v1, v2, v3)
     engine.dispose()
 
 
@@ -100,7 +102,7 @@ def test_training_records_each_version_and_aliases_move_with_their_history(
         rows = conn.execute(
             text("SELECT tag, length(artifact), artifact_sha256, created_by FROM scorebox_models")
         ).all()
-    assert {r[0] for r in rows} == {registry.v1, registry.v2}
+    assert {r[0] for r in rows} == {registry.v1, registry.v2, registry.v3}
     assert all(r[1] > 10_000 and len(r[2]) == 64 and "@" in r[3] for r in rows)
 
     assert "(new) -> " + registry.v1 in _ok(
@@ -132,10 +134,22 @@ def test_training_records_each_version_and_aliases_move_with_their_history(
     shown = _ok(_cli(registry, "models", "show", "champion"))
     assert registry.v1 in shown and "aliases: champion" in shown
 
+    # A version its services could not switch to is refused, unless forced.
+    refused = _cli(registry, "models", "alias", "champion", registry.v3)
+    assert refused.returncode == 1 and "it is regression, not classification" in refused.stderr
+    assert _alias(registry, "champion") == registry.v1
     for bad, message in [
         (
             ("alias", "champion", "nosuchversion"),
             "no model lifecycle:nosuchversion in the registry",
+        ),
+        (("alias", "champion", ""), "'' names no version of lifecycle"),
+        (("show", "lifecycle:AbC!"), "'AbC!' names no version of lifecycle"),
+        (("promote", "latest", "--if", ""), "write METRIC OP champion"),
+        (("promote", "latest", "--if", "accuracy >= -1e999"), "numbers must be finite"),
+        (
+            ("promote", registry.v2, "--to", "champoin", "--if", "accuracy >= champoin"),
+            "champoin, which points at no version (a typo?)",
         ),
         (("alias", "Champion!", registry.v2), "alias 'Champion!': use a plain lower-case name"),
         (("alias", "latest", registry.v2), "not `latest`"),
@@ -204,6 +218,34 @@ def test_a_machine_with_an_empty_store_serves_an_alias_from_the_registry(
                     {"t": registry.v2},
                 )
             _ok(_cli(registry, "models", "alias", "champion", registry.v1))
+
+        # Forced onto a version of another task: the service refuses to switch.
+        _ok(_cli(registry, "models", "alias", "champion", registry.v3, "--force"))
+        deadline = time.monotonic() + 20
+        while not (httpx.get(f"{url}/v1/model").json()["switch_error"] or "").startswith(
+            f"refused {registry.v3}"
+        ):
+            assert time.monotonic() < deadline, httpx.get(f"{url}/v1/model").json()
+            time.sleep(0.2)
+        described = httpx.get(f"{url}/v1/model").json()
+        assert described["tag"] == registry.v1
+        assert "it is regression, not classification" in described["switch_error"]
+        assert "restart the service" in described["switch_error"]
+        _ok(_cli(registry, "models", "alias", "champion", registry.v1, "--force"))
+        # Pinned versions the service cannot hold are a 409 naming why, never a 500.
+        for pinned in (
+            f"{NAME}:" + "a" * 80,
+            f"{NAME}:abc-",
+            f"{NAME}:",
+            "other:abc",
+            "../../etc/passwd",
+            f"{NAME}:nosuchversion",
+        ):
+            answer = httpx.post(
+                f"{url}/predict", json={"records": [record]}, headers={"x-scorebox-model": pinned}
+            )
+            assert answer.status_code == 409, (pinned, answer.text)
+            assert "cannot serve" in answer.json()["error"]
     assert "refused " + registry.v2 in (tmp_path / "serve.log").read_text()
 
 
@@ -318,6 +360,28 @@ def test_jobs_pin_the_alias_and_the_challenger_is_compared_and_promoted_by_its_g
         ),
     }
     agreement = float(np.mean(both["predicted_label_a"] == both["predicted_label_b"]))
+
+    with registry.engine.begin() as conn:  # the same labels stored as floating point
+        conn.execute(text("ALTER TABLE features ADD COLUMN IF NOT EXISTS label_f float"))
+        conn.execute(text("UPDATE features SET label_f = target"))
+    as_float = _ok(
+        _cli(
+            registry,
+            "models",
+            "compare",
+            "champion",
+            "challenger",
+            "--labels",
+            "label_f",
+            "--out",
+            str(tmp_path / "f"),
+        )
+    )
+    a, b = expected["accuracy"]
+    assert f"accuracy: {a:.4f} -> {b:.4f}" in as_float
+    wrong = _cli(registry, "models", "compare", "champion", "challenger", "--labels", "mean_radius")
+    assert wrong.returncode == 1 and "match none of the model's classes" in wrong.stderr
+    assert len(wrong.stderr.splitlines()) == 1
 
     out = tmp_path / "reports"
     compared = _ok(

@@ -132,6 +132,7 @@ def train(
         encoder.features_,
         encoder.transform(features),
         score_of(task, classes, probabilities, values),
+        probability=task == "classification",
     )
 
     info = ModelInfo(

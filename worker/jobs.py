@@ -232,12 +232,12 @@ def _pinned_version(engine: Engine, name: str, ref: str, service_url: str) -> st
         _info_of(engine, tag)  # it must exist
         return tag
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     version = ref.partition(":")[2] if ":" in ref else ref
     try:
         return str(bentoml.models.get(f"{name}:{version}").tag)
-    except NotFound:
+    except (NotFound, ValueError, BentoMLException):
         raise ScoreboxError(
             f"--model {ref}: no such version of {name} (the registry's tables are missing: run "
             "`scorebox db upgrade`)"

@@ -130,6 +130,14 @@ def models_alias(
     ref: Annotated[
         str | None, typer.Argument(help="The version to point it at (tag, version or latest).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Move it even to a version with another task, other features or classes "
+            "(services serving the alias then refuse to switch: restart them).",
+        ),
+    ] = False,
     rollback: Annotated[
         bool,
         typer.Option("--rollback", help="Point it back where it pointed before its last move."),
@@ -150,7 +158,7 @@ def models_alias(
         return
     assert ref is not None
     tag = _tag(engine, settings, ref)
-    before = set_alias(engine, alias, tag)
+    before = set_alias(engine, alias, tag, force=force)
     if before == tag:
         console.print(f"{alias} already points at {tag}", highlight=False)
     else:
@@ -280,7 +288,7 @@ def models_promote(
     settings = get_settings()
     engine = _engine(settings)
     tag = _tag(engine, settings, candidate)
-    parsed = parse_gate(gate) if gate else None
+    parsed = parse_gate(gate) if gate is not None else None
     incumbent = resolve(engine, settings.model_name, to)
     current = incumbent.tag if incumbent.alias is not None else None
     if current == tag:
@@ -291,24 +299,26 @@ def models_promote(
         if parsed.ref is not None and parsed.ref != to:
             raise ScoreboxError(f"--if {gate!r} compares with {parsed.ref}, but --to is {to}")
         if current is None and parsed.ref is not None:
-            reason = f"{to} pointed at no version yet"
+            raise ScoreboxError(
+                f"--if compares with {to}, which points at no version (a typo?); create it "
+                f"first (`scorebox models alias {to} TAG`) or give a gate with a number"
+            )
+        if labels is not None and current is not None:
+            result = _compare(engine, settings, current, tag, table, labels)
+            _print_comparison(result)
+            mine = {m: v[1] for m, v in result.metrics.items()}
+            theirs: dict[str, float] | None = {m: v[0] for m, v in result.metrics.items()}
+            where = f"on {result.labelled_rows:,} labelled rows of {result.table}"
         else:
-            if labels is not None and current is not None:
-                result = _compare(engine, settings, current, tag, table, labels)
-                _print_comparison(result)
-                mine = {m: v[1] for m, v in result.metrics.items()}
-                theirs: dict[str, float] | None = {m: v[0] for m, v in result.metrics.items()}
-                where = f"on {result.labelled_rows:,} labelled rows of {result.table}"
-            else:
-                mine = _info(engine, tag).metrics
-                theirs = _info(engine, current).metrics if current else None
-                where = "on the training holdouts"
-            passed, said = parsed.check(mine, theirs)
-            if not passed:
-                console.print(
-                    f"not promoted: {said} ({where}); {to} stays at {current}", highlight=False
-                )
-                raise typer.Exit(1)
-            reason = f"{said} ({where})"
+            mine = _info(engine, tag).metrics
+            theirs = _info(engine, current).metrics if current else None
+            where = "on the training holdouts"
+        passed, said = parsed.check(mine, theirs)
+        if not passed:
+            console.print(
+                f"not promoted: {said} ({where}); {to} stays at {current}", highlight=False
+            )
+            raise typer.Exit(1)
+        reason = f"{said} ({where})"
     set_alias(engine, to, tag, reason=f"promote: {reason}")
     console.print(f"promoted {tag} to {to} (was {current or 'unset'}): {reason}", highlight=False)
