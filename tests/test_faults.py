@@ -192,10 +192,11 @@ GRANT SELECT ON {schema}.scorebox_alembic_version TO {role};
 SCHEDULE_GRANTS = """
 GRANT INSERT ON {schema}.scorebox_jobs, {schema}.scorebox_chunks TO {role};
 GRANT USAGE ON SEQUENCE {schema}.scorebox_jobs_id_seq TO {role};
+GRANT SELECT ON {schema}.scorebox_models TO {role};
 """
 
 
-def test_worker_runs_with_only_the_grants_it_needs_and_a_schedule_with_two_more(
+def test_worker_runs_with_only_the_grants_it_needs_and_a_schedule_with_its_own(
     scoring: Settings,
     engine: Engine,
     client: ServiceClient,

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, func, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import ScoreboxError
@@ -249,7 +250,8 @@ def _reference(engine: Engine, tag: str) -> dict[str, Any] | None:
     training profile (None for a model without one)."""
     try:
         info = _info_of(engine, tag)
-    except ScoreboxError:
+    except (ScoreboxError, DBAPIError) as exc:  # drift is worth a warning, not a failed job
+        log.warning("job of %s: no training profile, so no drift: %s", tag, exc)
         return None
     if not info.profile:
         return None
