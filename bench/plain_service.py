@@ -5,6 +5,7 @@ import os
 
 import bentoml
 import numpy as np
+import pandas as pd
 
 
 @bentoml.service
@@ -13,7 +14,9 @@ class Plain:
 
     def __init__(self) -> None:
         self.model = bentoml.sklearn.load_model(self.model_ref)
+        # The pipeline reads a table: its first step names the columns it takes.
+        self.columns = [f.name for f in self.model.steps[0][1].features_]
 
     @bentoml.api(batchable=True)
     def predict(self, input: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(input)
+        return self.model.predict_proba(pd.DataFrame(input, columns=self.columns))

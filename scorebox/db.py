@@ -211,7 +211,8 @@ class Tables:
             Column("request_id", String(64), nullable=False),
             Column("features", JSON, nullable=False, comment="the record as sent"),
             Column("prediction", JSON, nullable=False, comment="the answer for it"),
-            Index(f"ix_{PREDICTION_LOG_TABLE}_logged_at", "logged_at"),
+            # BRIN: the log is appended in time order, and a B-tree would cost every insert.
+            Index(f"ix_{PREDICTION_LOG_TABLE}_logged_at", "logged_at", postgresql_using="brin"),
         )
         return cls(metadata, predictions, jobs, chunks, failed, models, aliases, alias_moves, log)
 
