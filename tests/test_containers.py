@@ -202,9 +202,14 @@ def test_every_container_command_runs_as_a_local_process(
                 assert scored.returncode == 0, scored.stderr
                 assert "succeeded - 569 scored" in scored.stdout
                 assert beat.poll() is None, (tmp_path / "beat.log").read_text()
+                # Beat says it started a moment after its banner; the job may finish first.
+                deadline = time.monotonic() + 30
+                while "beat: Starting" not in (tmp_path / "beat.log").read_text():
+                    assert beat.poll() is None, (tmp_path / "beat.log").read_text()
+                    assert time.monotonic() < deadline, (tmp_path / "beat.log").read_text()
+                    time.sleep(0.2)
             finally:
                 stop(beat)
-    assert "beat: Starting" in (tmp_path / "beat.log").read_text()
 
     command, env = local("dashboard")
     assert command[:2] == ["scorebox", "dashboard"]
