@@ -22,6 +22,8 @@ from scorebox.encoding import label_text
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo
 from scorebox.names import require_column, resolve_table
+from scorebox.profile import probability_edges, quantile_edges
+from scorebox.profile import psi as profile_psi
 
 BOOTSTRAP = 400
 CONFIDENCE = 0.95
@@ -72,24 +74,16 @@ def _probabilities(value: Any) -> dict[str, float]:
     return json.loads(value) if isinstance(value, str) else dict(value or {})
 
 
-def psi(
-    expected: np.ndarray, actual: np.ndarray, bins: int = 10, probability: bool = False
-) -> float:
-    """Population stability index of ``actual`` against ``expected``, on ten equal bins of
-    [0, 1] for probabilities (quantiles of scores piled near 0 and 1 would split hairs), else
-    on ``expected``'s quantile bins; shares floored at 1e-4 so an empty bin is finite."""
+def psi(expected: np.ndarray, actual: np.ndarray, probability: bool = False) -> float:
+    """Population stability index of ``actual`` against ``expected`` (scorebox/profile.py's):
+    on ten equal bins of [0, 1] for probabilities, else on ``expected``'s quantile bins."""
     expected, actual = expected[np.isfinite(expected)], actual[np.isfinite(actual)]
     if not len(expected) or not len(actual):
         return float("nan")
-    if probability:
-        edges = np.linspace(0, 1, bins + 1)[1:-1]
-    else:
-        edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1))[1:-1])
+    edges = np.asarray(probability_edges() if probability else quantile_edges(expected))
     e = np.bincount(np.searchsorted(edges, expected, side="right"), minlength=len(edges) + 1)
     a = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(edges) + 1)
-    e_share = np.maximum(e / e.sum(), 1e-4)
-    a_share = np.maximum(a / a.sum(), 1e-4)
-    return float(np.sum((a_share - e_share) * np.log(a_share / e_share)))
+    return profile_psi((e / e.sum()).tolist(), a)
 
 
 def _metric_functions(info: ModelInfo) -> dict[str, Any]:

@@ -29,7 +29,13 @@ FLOOR = 1e-4
 SCORE = "__score__"
 
 
-def _edges(values: np.ndarray, bins: int = QUANTILE_BINS) -> list[float]:
+def probability_edges(bins: int = QUANTILE_BINS) -> list[float]:
+    """Equal bins of [0, 1] for probabilities: their quantiles pile up near 0 and 1."""
+    return [round(float(e), 6) for e in np.linspace(0, 1, bins + 1)[1:-1]]
+
+
+def quantile_edges(values: np.ndarray, bins: int = QUANTILE_BINS) -> list[float]:
+    """The inner edges of ``bins`` quantile bins of the finite ``values`` (repeats merged)."""
     finite = values[np.isfinite(values)]
     if not len(finite):
         return []
@@ -47,7 +53,7 @@ def _feature_layout(feature: Feature, values: np.ndarray) -> dict[str, Any]:
         return {"kind": "category", "top": top, "labels": [feature.categories[c] for c in top]}
     if feature.kind == "bool":
         return {"kind": "bool", "edges": [0.5]}
-    return {"kind": feature.kind, "edges": _edges(values)}
+    return {"kind": feature.kind, "edges": quantile_edges(values)}
 
 
 def _bins(layout: Mapping[str, Any]) -> int:
@@ -98,8 +104,7 @@ def reference(
         layout = _feature_layout(feature, matrix[:, j])
         counts = _count(layout, matrix[:, j])
         profile["features"][feature.name] = layout | {"shares": _shares(counts)}
-    # Probabilities on ten equal bins of [0, 1]: their quantiles pile up near 0 and 1.
-    edges = [round(e, 1) for e in np.linspace(0, 1, 11)[1:-1]] if probability else _edges(scores)
+    edges = probability_edges() if probability else quantile_edges(scores)
     score_layout = {"kind": "number", "edges": edges}
     profile["score"] = score_layout | {"shares": _shares(_count(score_layout, scores))}
     return profile

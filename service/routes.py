@@ -54,8 +54,12 @@ def _pinned_tag(request: Request) -> str | None:
     return given.decode("latin-1").strip() if given else None
 
 
-async def _pinned(service: Scorebox, tag: str) -> Predictor | Answer:
-    """Version ``tag`` of the served model, loaded off the event loop; a 409 naming why not."""
+async def _predictor(service: Scorebox, request: Request, current: Predictor) -> Predictor | Answer:
+    """The version a request pins (``x-scorebox-model``), loaded off the event loop, or
+    ``current``; a 409 (or a 503 while the registry is away) naming why not."""
+    tag = _pinned_tag(request)
+    if not tag or tag == current.tag:
+        return current
     try:
         return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
     except RegistryAway as exc:
@@ -73,13 +77,9 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         if media_type != "application/json":
             return Answer(415, {"error": f"send application/json, not {media_type!r}"})
         current = service.current  # taken once: a switch never splits a request
-        predictor = current.predictor
-        pinned = _pinned_tag(request)
-        if pinned and pinned != predictor.tag:
-            found = await _pinned(service, pinned)
-            if isinstance(found, Answer):
-                return found
-            predictor = found
+        predictor = await _predictor(service, request, current.predictor)
+        if isinstance(predictor, Answer):
+            return predictor
         try:
             records = parse_records(request.body, predictor.features, service.max_records)
             matrix, unseen = predictor.encode_records(records)
@@ -116,13 +116,9 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         media_type = _media_type(request, ARROW_MEDIA_TYPE)
         if media_type not in (ARROW_MEDIA_TYPE, "application/octet-stream"):
             return Answer(415, {"error": f"send {ARROW_MEDIA_TYPE}, not {media_type!r}"})
-        predictor = service.current.predictor
-        pinned = _pinned_tag(request)
-        if pinned and pinned != predictor.tag:
-            found = await _pinned(service, pinned)
-            if isinstance(found, Answer):
-                return found
-            predictor = found
+        predictor = await _predictor(service, request, service.current.predictor)
+        if isinstance(predictor, Answer):
+            return predictor
         max_rows = service.max_rows_for(predictor)
 
         def score() -> tuple[bytes, Any]:
