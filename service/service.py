@@ -23,6 +23,7 @@ from typing import Any
 import bentoml
 from threadpoolctl import threadpool_limits
 
+from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo, verified_files
 from scorebox.registry import ensure_local
 from scorebox.settings import get_settings
@@ -86,8 +87,12 @@ def _check_stored(engine: Any, tag: str) -> None:
 # machine's store lacks it; a missing model is one clear line rather than BentoML's attempt to
 # pull it from its cloud, and a model whose files do not match their SHA-256 stops the server.
 REGISTRY = registry_engine(settings.database_url)
-RESOLVED = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
-_check_stored(REGISTRY, RESOLVED.tag)
+try:
+    RESOLVED = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
+    _check_stored(REGISTRY, RESOLVED.tag)
+except ScoreboxError as exc:
+    # BentoML prints a traceback for any other error while it imports this module.
+    raise SystemExit(f"scorebox service: {exc}") from None
 
 
 @bentoml.service(name="scorebox", workers=settings.service_workers, traffic={"timeout": 60})

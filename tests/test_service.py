@@ -306,6 +306,7 @@ def test_service_with_a_tampered_artifact_stops_at_start(
     with pytest.raises(RuntimeError, match="refusing to load it"), serving(env, tmp_path / "log"):
         pass
     assert time.monotonic() - started < 60
+    _one_line_at_start(tmp_path / "log", "refusing to load it")
 
 
 def test_service_refuses_to_start_without_the_model(trained: TrainedModel, tmp_path: Path) -> None:
@@ -313,6 +314,33 @@ def test_service_refuses_to_start_without_the_model(trained: TrainedModel, tmp_p
     expected = "no model no-such-model:latest in the registry or the BentoML store"
     with pytest.raises(RuntimeError, match=expected), serving(env, tmp_path / "serve.log"):
         pass
+    _one_line_at_start(tmp_path / "serve.log", expected)
+
+
+def test_service_with_an_alias_nobody_set_says_so_in_one_line(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    env = process_env(trained.settings, SCOREBOX_MODEL_TAG="nosuchalias")
+    done = subprocess.run(
+        [str(BIN / "bentoml"), "serve", ".", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("scorebox service: no model "), done.stderr
+    assert "nosuchalias" in lines[-1]
+
+
+def _one_line_at_start(log: Path, expected: str) -> None:
+    """`bentoml serve` stopped with one line naming the problem, not BentoML's traceback."""
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert "scorebox service: " in text and expected in text
 
 
 def test_bento_builds_with_the_model_and_a_clean_dockerfile(trained: TrainedModel) -> None:
