@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -134,10 +135,23 @@ class Encoded:
     errors: list[str | None]
     unseen: Counter[str] = field(default_factory=Counter)
 
-    @property
+    @cached_property
     def valid(self) -> np.ndarray:
         """A boolean mask of the rows that can be scored."""
+        if not self.rejected:  # the usual batch: no per-row Python
+            return np.ones(len(self.errors), dtype=bool)
         return np.array([e is None for e in self.errors], dtype=bool)
+
+    @property
+    def rejected(self) -> int:
+        """How many rows cannot be scored."""
+        return len(self.errors) - self.errors.count(None)
+
+    def error_column(self) -> pa.Array:
+        """The reasons as an Arrow column, null for the rows that can be scored."""
+        if not self.rejected:
+            return pa.nulls(len(self.errors), pa.string())
+        return pa.array(self.errors, pa.string())
 
 
 class _RecordCodec:

@@ -97,7 +97,7 @@ class Predictor:
         ``predicted_label``, ``probability`` and one ``p:<class>`` column a class."""
         rows = len(encoded.errors)
         good = encoded.valid
-        out: dict[str, pa.Array] = {"error": pa.array(encoded.errors, pa.string())}
+        out: dict[str, pa.Array] = {"error": encoded.error_column()}
         bad = ~good
         predicted, proba = self.run(encoded.matrix[good]) if good.any() else (np.array([]), None)
         if self.info.task == "regression":

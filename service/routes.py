@@ -131,7 +131,7 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
             )
         except ArrowProblem as problem:
             return Answer(problem.status, {"error": str(problem)})
-        rejected = sum(e is not None for e in encoded.errors)
+        rejected = encoded.rejected
         _count_unseen(encoded.unseen)
         rows_predicted.labels(endpoint="arrow").inc(len(encoded.errors) - rejected)
         if rejected:
