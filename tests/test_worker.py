@@ -100,6 +100,34 @@ def test_chunk_delivered_twice_leaves_the_same_rows(
     assert get_job(engine, scoring, job_id)["rows_scored"] == 100
 
 
+def test_job_run_again_updates_predictions_already_there(
+    scoring: Settings, engine: Engine, client: ServiceClient
+) -> None:
+    """Chunks are copied straight into the table; a chunk some of whose rows have a prediction
+    of the model already is written again as an upsert, whether the first such row comes first
+    or half-way through the chunk."""
+    tables = Tables.build(scoring.predictions_table)
+    store = make_store(engine, tables)
+    first = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    for chunk in range(get_job(engine, scoring, first)["chunks_total"]):
+        assert run_chunk(store, engine, tables, client, first, chunk, 60) == "done"
+    right = predictions(engine).set_index("row_id")["probability"]
+    with engine.begin() as conn:
+        # Chunk 0 (ids 1-100): its first half without a prediction, the rest wrong; chunk 2
+        # (ids 201-300): none; the others: all there, wrong.
+        conn.execute(text("DELETE FROM predictions WHERE CAST(row_id AS int) <= 50"))
+        conn.execute(text("DELETE FROM predictions WHERE CAST(row_id AS int) BETWEEN 201 AND 300"))
+        conn.execute(text("UPDATE predictions SET probability = -1, job_id = NULL"))
+    second = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    for chunk in range(get_job(engine, scoring, second)["chunks_total"]):
+        assert run_chunk(store, engine, tables, client, second, chunk, 60) == "done"
+    store.close()
+    after = predictions(engine).set_index("row_id")
+    assert len(after) == 569 and (after["job_id"] == second).all()
+    np.testing.assert_allclose(after["probability"], right.loc[after.index], rtol=1e-12)
+    assert_exactly_once(engine, scoring, second, 569)
+
+
 def test_rows_inserted_into_a_running_jobs_range_are_scored_and_counted(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:

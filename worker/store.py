@@ -1,11 +1,12 @@
 """Where a chunk's rows come from and its predictions go: PostgreSQL through ADBC (rows read as
-Arrow columns in C++, predictions written by binary COPY into a staging table and upserted), or
-any other database through SQLAlchemy (the SQLite file of `scorebox demo`).
+Arrow columns in C++ by binary COPY, predictions written by binary COPY), or any other database
+through SQLAlchemy (the SQLite file of `scorebox demo`).
 
 A chunk's write is one transaction, bounded by what is left of its lease (statement, lock and
-idle timeouts) and fenced at its end: predictions are upserted in key order, failed rows
-recorded, and the chunk marked done only if its lease is still this worker's and unexpired;
-otherwise nothing is written. Locks are taken in the order the whole worker keeps (see
+idle timeouts) and fenced at its end: predictions are copied into the table in key order (or,
+when some are there already, staged and upserted in key order), failed rows recorded, and the
+chunk marked done only if its lease is still this worker's and unexpired; otherwise nothing is
+written. Locks are taken in the order the whole worker keeps (see
 worker/jobs.py): prediction rows, then the chunk row, then the job row.
 """
 
@@ -163,6 +164,9 @@ def _expression(name: str, how: str) -> str:
     return f"CAST({column} AS text)"
 
 
+# A row that is there already (SQLSTATE unique_violation).
+_UNIQUE_VIOLATION = "23505"
+
 # work_mem of a chunk's write: enough to sort a large chunk's staged predictions in memory.
 _SORT_MEMORY = "64MB"
 
@@ -266,7 +270,7 @@ class PostgresStore:
         predictions, failed_rows = _table(_name(tables.predictions)), _table(_name(tables.failed))
         ids = (lease.job_id, lease.chunk_no, lease.token)
 
-        def work(connection: Any) -> bool:
+        def work(connection: Any, direct: bool) -> bool:
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT CAST(floor(extract(epoch FROM lease_expires_at - clock_timestamp())"
@@ -289,7 +293,15 @@ class PostgresStore:
                     (str(left[0][0]), _SORT_MEMORY),
                 )
                 cursor.fetchall()
-                if scored.count:
+                if scored.count and direct:
+                    # Straight into the table by binary COPY: no staging, no conflict checks.
+                    cursor.adbc_ingest(
+                        tables.predictions.name,
+                        _with_lease(scored.table, lease),
+                        mode="append",
+                        db_schema_name=tables.predictions.schema,
+                    )
+                elif scored.count:
                     cursor.adbc_ingest(
                         "_scorebox_staging", scored.table, mode="replace", temporary=True
                     )
@@ -336,10 +348,29 @@ class PostgresStore:
             connection.commit()
             return True
 
-        written: bool = self._run(work)
+        try:
+            written: bool = self._run(lambda connection: work(connection, direct=True))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+            # Some of these rows have a prediction of this model already (a job run again, or
+            # two jobs on one table): the chunk is written again as an upsert, in key order.
+            written = self._run(lambda connection: work(connection, direct=False))
         if not written:
             log.warning("chunk %s/%s: lease lost, nothing written", lease.job_id, lease.chunk_no)
         return written
+
+
+def _with_lease(scored: pa.Table, lease: Lease) -> pa.Table:
+    """A chunk's predictions with the columns its lease gives, as the predictions table has
+    them (a row id as text, as the upsert's cast makes it)."""
+    rows = scored.num_rows
+    return (
+        scored.set_column(0, "row_id", pc.cast(scored.column("row_id"), pa.string()))
+        .append_column("source_table", pa.repeat(pa.scalar(lease.table_name, pa.string()), rows))
+        .append_column("model_tag", pa.repeat(pa.scalar(lease.model_tag, pa.string()), rows))
+        .append_column("job_id", pa.repeat(pa.scalar(lease.job_id, pa.int32()), rows))
+    )
 
 
 def _given(name: str) -> str:
