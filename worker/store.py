@@ -366,7 +366,11 @@ def _with_lease(scored: pa.Table, lease: Lease) -> pa.Table:
     them (a row id as text, as the upsert's cast makes it)."""
     rows = scored.num_rows
     return (
-        scored.set_column(0, "row_id", pc.cast(scored.column("row_id"), pa.string()))
+        scored.set_column(
+            scored.schema.get_field_index("row_id"),
+            "row_id",
+            pc.cast(scored.column("row_id"), pa.string()),
+        )
         .append_column("source_table", pa.repeat(pa.scalar(lease.table_name, pa.string()), rows))
         .append_column("model_tag", pa.repeat(pa.scalar(lease.model_tag, pa.string()), rows))
         .append_column("job_id", pa.repeat(pa.scalar(lease.job_id, pa.int32()), rows))
