@@ -348,13 +348,18 @@ class PostgresStore:
             connection.commit()
             return True
 
+        import adbc_driver_manager
+
         try:
             written: bool = self._run(lambda connection: work(connection, direct=True))
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION:
-                raise
+        except adbc_driver_manager.Error as exc:
             # Some of these rows have a prediction of this model already (a job run again, or
             # two jobs on one table): the chunk is written again as an upsert, in key order.
+            # So is a chunk whose copy ADBC refused before it started (a table missing: ADBC
+            # says so without an SQLSTATE), so that the upsert's error names the problem.
+            refused = isinstance(exc, adbc_driver_manager.ProgrammingError)
+            if getattr(exc, "sqlstate", None) != _UNIQUE_VIOLATION and not refused:
+                raise
             written = self._run(lambda connection: work(connection, direct=False))
         if not written:
             log.warning("chunk %s/%s: lease lost, nothing written", lease.job_id, lease.chunk_no)
