@@ -208,7 +208,8 @@ def _headline(
         scoring = settings.model_copy(
             update={"service_url": url, "redis_url": env["SCOREBOX_REDIS_URL"]}
         )
-        served = ServiceClient(url, None, 60).describe()["tag"]
+        with ServiceClient(url, None, 60) as client:
+            served = client.describe()["tag"]
         for _ in range(rounds):
             runs["baseline"].append(round(baseline(settings, served, "bench_big", rows)[0]))
             runs["scorebox"].append(round(job(scoring, env, "bench_big", logs, concurrency=2)[0]))
