@@ -72,8 +72,20 @@ def _die_with_parent() -> None:
     except OSError:
         log.warning("cannot tie this worker's life to its parent (not Linux?)")
         return
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if os.getppid() != parent or not _is_bentoml(parent):
+        # The parent died before the request took effect, or before this worker got here (it
+        # was reparented, so getppid() no longer names `bentoml serve`).
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _is_bentoml(pid: int) -> bool:
+    """Whether process ``pid`` runs BentoML (a worker's parent is `bentoml serve`; a check on
+    PID 1 would be wrong where `bentoml serve` itself is PID 1, as in a container)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to ask: keep the worker
+    return b"bentoml" in command
 
 
 def _check_stored(engine: Any, tag: str) -> None:
