@@ -31,7 +31,7 @@ import pyarrow as pa
 from _common import ROOT, Wrk, median_ms, prepare, wrk
 from threadpoolctl import threadpool_limits
 
-from scorebox.compiled import ONNX_ARTIFACT, CompiledModel
+from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
 from scorebox.processes import free_port, serving, stop
 from scorebox.seed import example_frame
 
@@ -100,7 +100,8 @@ def _in_process(tag: str, rows: np.ndarray, names: list[str]) -> dict[str, float
     would call it) and the compiled model (the encoded row in)."""
     model = bentoml.models.get(tag)
     pipeline = bentoml.sklearn.load_model(tag)
-    compiled = CompiledModel(Path(model.path, ONNX_ARTIFACT).read_bytes(), pipeline.steps[-1][1])
+    scoring = Scoring.from_dict(dict(model.info.metadata)["scoring"])
+    compiled = CompiledModel(Path(model.path, ONNX_ARTIFACT).read_bytes(), scoring)
     timings: dict[str, list[float]] = {"scikit-learn": [], "compiled (ONNX Runtime)": []}
     with threadpool_limits(1):
         for i in range(2000):

@@ -5,6 +5,11 @@ PostgreSQL with asyncpg on connections whose transactions are read-only
 (SCOREBOX_DASHBOARD_DATABASE_URL can name a role that can only read); with SCOREBOX_API_TOKEN
 set, every page needs it (``Authorization: Bearer`` or ``?token=``, remembered in a cookie).
 It runs in a process of its own, never in the prediction service's.
+
+What it shows of a model version comes from the version's signed manifest, verified with the
+trusted keys (SCOREBOX_TRUSTED_KEYS); a version no trusted key signed, or whose metadata cannot be
+read, is listed as refused with the reason. Its evaluation plot is read from the archive only
+after that, within the archive caps, off the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,12 +29,41 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dashboard import charts, queries
+from scorebox.archive import Limits, read_file
 from scorebox.db import asyncpg_arguments
+from scorebox.errors import ModelError
+from scorebox.modelinfo import ModelInfo
 from scorebox.profile import SCORE, bin_labels, drift, merge
 from scorebox.settings import Settings
+from scorebox.signing import MAX_SIGNATURE_BYTES, TrustedKeys, verify
 
 REFRESH_SECONDS = 5
 _COOKIE = "scorebox_token"
+_PLOT = "report/evaluation.png"
+_PLOTS_KEPT = 16
+
+
+def described(rows: list[dict[str, Any]], trusted: TrustedKeys) -> list[dict[str, Any]]:
+    """Each version row with ``info`` from its verified manifest, or ``refused`` saying why."""
+    for row in rows:
+        row["info"], row["refused"] = None, None
+        try:
+            manifest = verify(row.pop("signature"), row["tag"], trusted)
+            row["info"] = ModelInfo.from_metadata(manifest.metadata, row["tag"])
+            row["plot"] = _PLOT in manifest.files
+        except ModelError as exc:
+            row["refused"] = str(exc)
+    return rows
+
+
+def evaluation_plot(
+    data: bytes, envelope: str | None, tag: str, trusted: TrustedKeys, limits: Limits
+) -> bytes | None:
+    """The evaluation plot from a version's archive, after its signature checks."""
+    manifest = verify(envelope, tag, trusted)
+    if _PLOT not in manifest.files:
+        return None
+    return read_file(data, manifest, _PLOT, limits)
 
 
 def _templates() -> Environment:
@@ -46,6 +81,13 @@ def make_app(settings: Settings) -> Starlette:
     templates = _templates()
     url = settings.dashboard_database_url or settings.database_url
     state: dict[str, Any] = {}
+    trusted = TrustedKeys(settings.trusted_keys_spec)
+    limits = Limits(
+        settings.model_max_archive_bytes,
+        settings.model_max_file_bytes,
+        settings.model_max_unpacked_bytes,
+    )
+    plots: OrderedDict[str, bytes] = OrderedDict()  # verified plots, by tag
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -84,15 +126,29 @@ def make_app(settings: Settings) -> Starlette:
         return endpoint
 
     async def models_page(request: Request, conn: Any) -> Response:
-        found = await queries.models(conn)
-        for model in found:
-            model["metrics"] = json.loads(model["metrics"])
+        found = await queries.models(conn, MAX_SIGNATURE_BYTES)
+        found = await asyncio.to_thread(described, found, trusted)
         return page("models.html", models=found, active="models")
 
     async def evaluation(request: Request, conn: Any) -> Response:
-        png = await queries.evaluation_png(conn, request.path_params["tag"])
+        tag = request.path_params["tag"]
+        png = plots.get(tag)
         if png is None:
-            return PlainTextResponse("no evaluation plot for this version", status_code=404)
+            known, envelope = await queries.signature(conn, tag, MAX_SIGNATURE_BYTES)
+            data = await queries.archive(conn, tag, limits.archive_bytes) if known else None
+            if data is None:
+                return PlainTextResponse("no evaluation plot for this version", status_code=404)
+            try:
+                png = await asyncio.to_thread(
+                    evaluation_plot, bytes(data), envelope, tag, trusted, limits
+                )
+            except ModelError as exc:
+                return PlainTextResponse(f"refused: {exc}", status_code=409)
+            if png is None:
+                return PlainTextResponse("no evaluation plot for this version", status_code=404)
+            plots[tag] = png
+            while len(plots) > _PLOTS_KEPT:
+                plots.popitem(last=False)
         return Response(png, media_type="image/png")
 
     async def jobs_page(request: Request, conn: Any) -> Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from typing import Any
 
 from scorebox.db import (
@@ -16,28 +14,38 @@ from scorebox.db import (
 )
 
 
-async def models(conn: Any) -> list[dict[str, Any]]:
-    """Registered versions, newest first, with their aliases."""
+async def models(conn: Any, max_signature: int) -> list[dict[str, Any]]:
+    """Registered versions, newest first, with their aliases and signatures (None when larger
+    than ``max_signature``; the caller verifies them)."""
     rows = await conn.fetch(
-        f"SELECT m.tag, m.name, m.task, m.estimator, m.metrics::text AS metrics, m.created_at, "
-        f"m.created_by, coalesce(array_agg(a.alias ORDER BY a.alias) FILTER (WHERE a.alias IS NOT "
-        f"NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m LEFT JOIN {ALIASES_TABLE} a "
-        "ON a.tag = m.tag GROUP BY m.tag ORDER BY m.created_at DESC, m.tag DESC LIMIT 50"
+        "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
+        "THEN m.signature END AS signature, coalesce(array_agg(a.alias ORDER BY a.alias) "
+        f"FILTER (WHERE a.alias IS NOT NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m "
+        f"LEFT JOIN {ALIASES_TABLE} a ON a.tag = m.tag GROUP BY m.tag "
+        "ORDER BY m.created_at DESC, m.tag DESC LIMIT 50",
+        max_signature,
     )
     return [dict(r) for r in rows]
 
 
-async def evaluation_png(conn: Any, tag: str) -> bytes | None:
-    """The evaluation plot training wrote, from the version's archive in the registry."""
-    data = await conn.fetchval(f"SELECT artifact FROM {MODELS_TABLE} WHERE tag = $1", tag)
-    if data is None:
-        return None
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-        for member in archive.getmembers():
-            if member.isfile() and member.name.endswith("report/evaluation.png"):
-                extracted = archive.extractfile(member)
-                return extracted.read() if extracted is not None else None
-    return None
+async def signature(conn: Any, tag: str, max_signature: int) -> tuple[bool, str | None]:
+    """(whether version ``tag`` is registered, its signature if not larger than the cap)."""
+    row = await conn.fetchrow(
+        f"SELECT CASE WHEN length(signature) <= $2 THEN signature END AS signature FROM "
+        f"{MODELS_TABLE} WHERE tag = $1",
+        tag,
+        max_signature,
+    )
+    return (False, None) if row is None else (True, row["signature"])
+
+
+async def archive(conn: Any, tag: str, max_bytes: int) -> bytes | None:
+    """Version ``tag``'s archive, None when it is larger than ``max_bytes``."""
+    return await conn.fetchval(
+        f"SELECT artifact FROM {MODELS_TABLE} WHERE tag = $1 AND length(artifact) <= $2",
+        tag,
+        max_bytes,
+    )
 
 
 _JOBS = (

@@ -231,6 +231,8 @@ def _registry(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("metadata", JSON, nullable=False, comment="the BentoML model's metadata"),
         Column("artifact", LargeBinary, nullable=False, comment="the model as a .bentomodel file"),
         Column("artifact_sha256", String(64), nullable=False),
+        Column("signature", Text, comment="the signed manifest (scorebox/signing.py)"),
+        # On PostgreSQL a trigger writes both (migration 0007): the inserter cannot choose them.
         Column("created_by", Text, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index(f"ix_{MODELS_TABLE}_name", "name", "created_at"),
@@ -252,9 +254,10 @@ def _registry(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("alias", String(64), nullable=False),
         Column("from_tag", String(256)),
         Column("to_tag", String(256)),
-        Column("action", String(16), nullable=False, comment="move, rollback or remove"),
+        Column("action", String(16), nullable=False, comment="move, rollback, remove or direct"),
         Column("reason", Text),
-        Column("moved_by", Text, nullable=False),
+        Column("moved_by", Text, nullable=False, comment="the database role"),
+        Column("declared_by", Text, comment="who the client said it was (user@host)"),
         Column("moved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Index(f"ix_{ALIAS_MOVES_TABLE}_alias", "name", "alias", "id"),
     )

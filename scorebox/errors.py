@@ -15,3 +15,12 @@ class DataError(ScoreboxError):
 
 class ModelError(ScoreboxError):
     """The registered model is missing, inconsistent or was not trained by scorebox."""
+
+
+class TrustError(ModelError):
+    """A model version was refused: not signed by a trusted key, its files are not the ones
+    signed, or its archive is unsafe or too large. ``reason`` names the kind, for metrics."""
+
+    def __init__(self, message: str, reason: str = "tampered") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -3,18 +3,16 @@ service and the worker."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
 from scorebox.features import Feature
 
 # 2: features carry their kind and categories; the pipeline starts with FrameEncoder.
-FORMAT = 2
+# 3: exported models carry their scoring parameters; versions are signed.
+FORMAT = 3
 # The file bentoml.sklearn.save_model writes the pickled pipeline to.
 ARTIFACT = "saved_model.pkl"
 
@@ -45,6 +43,9 @@ class ModelInfo:
     compiled_note: str = ""
     # The training data's profile, for drift (scorebox/profile.py); empty in older models.
     profile: dict[str, Any] = field(default_factory=dict)
+    # How the exported model's raw scores become answers (scorebox/compiled.py's Scoring);
+    # empty when the model could not be exported and only its pickle can serve it.
+    scoring: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_names(self) -> list[str]:
@@ -59,8 +60,11 @@ class ModelInfo:
         return data
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], tag: str) -> ModelInfo:
-        """Read the metadata of model ``tag``; a model not trained by scorebox is refused."""
+    def from_metadata(cls, metadata: Any, tag: str) -> ModelInfo:
+        """Read the metadata of model ``tag``; a model not trained by scorebox, or metadata that
+        cannot be read, is refused with the reason."""
+        if not isinstance(metadata, dict):
+            raise ModelError(f"model {tag}: its metadata is unreadable (not an object)")
         found = metadata.get("scorebox_format")
         if found is None:
             raise ModelError(
@@ -69,41 +73,25 @@ class ModelInfo:
             )
         if found != FORMAT:
             raise ModelError(
-                f"model {tag} was trained by an older scorebox (metadata format {found}, this "
+                f"model {tag} was trained by another scorebox (metadata format {found!r}, this "
                 f"version reads {FORMAT}); retrain it with `scorebox train`"
             )
         data = {k: v for k, v in metadata.items() if k != "scorebox_format"}
-        data["features"] = [Feature.from_dict(f) for f in data["features"]]
         try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ModelError(f"model {tag} has incomplete scorebox metadata: {exc}") from None
+            data["features"] = [Feature.from_dict(f) for f in data["features"]]
+            info = cls(**data)
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise ModelError(f"model {tag}: its metadata is unreadable ({exc})"[:300]) from None
+        if not isinstance(info.metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in info.metrics.values()
+        ):
+            raise ModelError(f"model {tag}: its metrics are unreadable (not numbers)")
+        return info
 
 
-def verified_files(model_dir: Path, info: ModelInfo, tag: str) -> dict[str, bytes]:
-    """The model's files (the pickle, and the compiled model if any) read once, each refused
-    unless its SHA-256 is the one training recorded; load from these bytes, not the files."""
-    expected = {ARTIFACT: info.artifact_sha256}
-    if info.compiled_sha256:
-        expected[ONNX_ARTIFACT] = info.compiled_sha256
-    files = {}
-    for name, recorded in expected.items():
-        path = model_dir / name
-        if not path.exists():
-            raise ModelError(f"model {tag}: {name} is missing from {model_dir}")
-        data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != recorded:
-            raise ModelError(
-                f"model {tag}: {name} has SHA-256 {digest}, but training recorded "
-                f"{recorded}; refusing to load it"
-            )
-        files[name] = data
-    return files
-
-
-def load_pipeline(files: dict[str, bytes]) -> Any:
-    """The pipeline unpickled from verified bytes (see :func:`verified_files`)."""
+def load_pipeline(pickled: bytes) -> Any:
+    """The pipeline unpickled from bytes whose signature was verified: only for a model that
+    could not be exported to ONNX (a pickle is code)."""
     import joblib
 
-    return joblib.load(io.BytesIO(files[ARTIFACT]))
+    return joblib.load(io.BytesIO(pickled))

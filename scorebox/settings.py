@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     broker_folder: Path | None = None
     queue: str | None = None
     max_categories: int = Field(250, ge=2, le=254)
+    signing_key: Path | None = None
+    trusted_keys: str | None = None
+    model_max_archive_bytes: int = Field(256 * 2**20, ge=2**20)
+    model_max_file_bytes: int = Field(512 * 2**20, ge=2**20)
+    model_max_unpacked_bytes: int = Field(2**30, ge=2**20)
+    model_store_keep: int = Field(8, ge=1)
+    service_pinnable: Annotated[list[str] | None, NoDecode] = None
 
     @field_validator("feature_table", "predictions_table")
     @classmethod
@@ -106,6 +113,41 @@ class Settings(BaseSettings):
         if isinstance(value, list) and not value:
             return None
         return value
+
+    @field_validator("service_pinnable", mode="before")
+    @classmethod
+    def _split_versions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value or None
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _empty_path(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _empty_keys(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where training's private key is: SCOREBOX_SIGNING_KEY, or the default under
+        ``$XDG_CONFIG_HOME/scorebox/signing/`` (created by the first `scorebox train`)."""
+        if self.signing_key is not None:
+            return self.signing_key.expanduser()
+        return _config_home() / "scorebox" / "signing" / "ed25519.pem"
+
+    @property
+    def default_trust_folder(self) -> Path | None:
+        """The folder of trusted ``*.pub`` keys when SCOREBOX_TRUSTED_KEYS is not set."""
+        return None if self.trusted_keys else _config_home() / "scorebox" / "trusted"
+
+    @property
+    def trusted_keys_spec(self) -> str:
+        """SCOREBOX_TRUSTED_KEYS, or the default folder of trusted keys."""
+        return self.trusted_keys or str(self.default_trust_folder)
 
     @field_validator("feature_columns")
     @classmethod
@@ -191,6 +233,11 @@ class Settings(BaseSettings):
         if value and not value.startswith("postgresql"):
             raise ValueError("must be a postgresql:// URL (the dashboard reads PostgreSQL)")
         return value or None
+
+
+def _config_home() -> Path:
+    configured = os.environ.get("XDG_CONFIG_HOME")
+    return Path(configured) if configured else Path.home() / ".config"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -1,13 +1,16 @@
 """Which model versions a service process holds, and how it changes them without a restart.
 
-The service serves what SCOREBOX_MODEL_TAG names: a version, ``latest`` or an alias. When the
-reference can move (an alias, or ``latest`` in the registry), each worker process polls the
-registry every SCOREBOX_MODEL_POLL_SECONDS; on a move it loads the new version beside the old
-one (imported from the registry when the local store lacks it, SHA-256 checked), checks its
-metadata and a prediction, then switches with one assignment: a request takes the current
+The service serves what SCOREBOX_MODEL_TAG names: a version, ``latest`` (the newest signed
+version) or an alias. When the reference can move (an alias, or ``latest`` in the registry),
+each worker process polls the registry every SCOREBOX_MODEL_POLL_SECONDS; on a move it loads the
+new version beside the old one through the catalog (its signature verified by a trusted key
+before anything of it is read; imported from the registry when the local store lacks it), checks
+its metadata and a prediction, then switches with one assignment: a request takes the current
 version once and finishes on it. A version that fails a check is refused, the old one keeps
-serving, and `/v1/model` says why. Batch jobs pin an exact version, which the service loads on
-demand and keeps among a few recent ones (:class:`Pinned`).
+serving, `/v1/model` says why and ``scorebox_model_refusals_total`` counts it. Batch jobs pin an
+exact version, which the service loads on demand and keeps among a few recent ones
+(:class:`Pinned`), but only a version a queued or running job pinned, or one
+SCOREBOX_SERVICE_PINNABLE names: a client cannot make the service import what it likes.
 """
 
 from __future__ import annotations
@@ -19,27 +22,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from prometheus_client import Counter
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
-from scorebox.compiled import ONNX_ARTIFACT
-from scorebox.db import make_engine
-from scorebox.errors import ModelError, ScoreboxError
-from scorebox.modelinfo import ModelInfo, load_pipeline, verified_files
-from scorebox.registry import (
-    LATEST,
-    VERSION,
-    Resolved,
-    ensure_local,
-    incompatibility,
-    registry_ready,
-    resolve,
-)
+from scorebox.aliases import incompatibility
+from scorebox.catalog import LATEST, VERSION, Catalog, Resolved
+from scorebox.db import Tables, make_engine
+from scorebox.errors import ModelError, ScoreboxError, TrustError
 from service.batching import Coalescer
 from service.drift import OnlineDrift
 from service.predict import Predictor
@@ -48,50 +42,51 @@ log = logging.getLogger(__name__)
 
 # Refusals remembered (so a bad version is not loaded again and again), the most recent first.
 REFUSED_KEPT = 64
+# How long a job's pin is believed, and a version no job pins is refused without asking again.
+PIN_CHECK_SECONDS = 5.0
+
+refusals = Counter(
+    "scorebox_model_refusals",
+    "Model versions this process refused to load, by reason (unsigned, unknown_key, "
+    "bad_signature, wrong_version, tampered, too_large, unsafe, malformed, incompatible, "
+    "not_pinned, other)",
+    ["reason"],
+)
+
+
+def count_refusal(exc: BaseException) -> None:
+    """Count a refused version in ``scorebox_model_refusals_total``."""
+    reason = exc.reason if isinstance(exc, TrustError) else getattr(exc, "reason", "other")
+    refusals.labels(reason=str(reason)).inc()
 
 
 def registry_engine(database_url: str) -> Engine | None:
     """An engine on the registry's database, or None when it cannot be reached or has no
     registry (the service then serves from its local BentoML store alone)."""
+    from sqlalchemy import inspect
+
+    from scorebox.db import MODELS_TABLE
+
     engine = make_engine(database_url, connect_timeout=3, application_name="scorebox-service")
     try:
-        if registry_ready(engine):
-            return engine
+        with engine.connect() as conn:
+            if inspect(conn).has_table(MODELS_TABLE):
+                return engine
     except DBAPIError as exc:
         log.warning("model registry unreachable, serving from the local store: %s", exc.orig)
     engine.dispose()
     return None
 
 
-def resolve_served(engine: Engine | None, name: str, ref: str) -> Resolved:
-    """The exact version to serve for ``ref``."""
-    if engine is not None:
-        return resolve(engine, name, ref)
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        return Resolved(str(bentoml.models.get(f"{name}:{ref}").tag), ref, None)
-    except NotFound:
-        raise ModelError(
-            f"no model {name}:{ref} in the BentoML store and no model registry to look in "
-            "(SCOREBOX_DATABASE_URL); run `scorebox train` or set SCOREBOX_MODEL_NAME / "
-            "SCOREBOX_MODEL_TAG (and BENTOML_HOME)"
-        ) from None
-
-
-def load_predictor(engine: Engine | None, tag: str, name: str) -> Predictor:
-    """Version ``tag`` loaded and checked: from the local store (imported from the registry when
-    missing), its files' SHA-256 as training recorded, its metadata readable, and one
-    prediction of a row of missing values that gives one finite answer."""
+def load_predictor(catalog: Catalog, tag: str, name: str) -> Predictor:
+    """Version ``tag`` loaded and checked: its signature by a trusted key, its files the signed
+    ones (imported from the registry when the local store lacks them), its metadata readable,
+    and one prediction of a row of missing values that gives one finite answer."""
     if tag.partition(":")[0] != name:
         raise ModelError(f"{tag} is not a version of {name}, the model this service serves")
-    stored = ensure_local(engine, tag)
-    info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
-    files = verified_files(Path(stored.path), info, str(stored.tag))
-    predictor = Predictor(load_pipeline(files), info, str(stored.tag), files.get(ONNX_ARTIFACT))
+    predictor = Predictor.load(catalog.local(tag))
     with threadpool_limits(1):
-        answers = predictor.answers(np.full((1, len(info.features)), np.nan))
+        answers = predictor.answers(np.full((1, len(predictor.features)), np.nan))
     value = answers[0]["prediction"] if len(answers) == 1 else None
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         raise ModelError(f"model {tag}: a smoke prediction gave {answers!r}")
@@ -123,7 +118,7 @@ class Following:
 
     def __init__(
         self,
-        engine: Engine,
+        catalog: Catalog,
         resolved: Resolved,
         name: str,
         interval: float,
@@ -131,7 +126,7 @@ class Following:
         current: Callable[[], Predictor],
         retry: float = 60.0,
     ) -> None:
-        self.engine = engine
+        self.catalog = catalog
         self.ref = resolved.ref
         self.alias = resolved.alias
         self.name = name
@@ -141,6 +136,7 @@ class Following:
         self.retry = retry
         self.target = resolved.tag
         self.refused: dict[str, float] = {}  # tag -> when it was refused
+        self._trust = catalog.trusted.generation
         self.error: str | None = None  # the last problem: a refused version or the registry away
         self.switches = 0
         self._stop = threading.Event()
@@ -167,7 +163,10 @@ class Following:
 
     def check(self) -> None:
         """One poll: switch when the reference points somewhere new, loadable and compatible."""
-        resolved = resolve(self.engine, self.name, self.ref)
+        resolved = self.catalog.resolve(self.name, self.ref)
+        if self.catalog.trusted.generation != self._trust:  # keys rotated: try refusals again
+            self._trust = self.catalog.trusted.generation
+            self.refused.clear()
         if self.alias is not None and resolved.alias is None:
             self.error = f"alias {self.alias} no longer exists; still serving {self.target}"
             return
@@ -181,15 +180,18 @@ class Following:
             return
         started = time.monotonic()
         try:
-            predictor = load_predictor(self.engine, tag, self.name)
+            predictor = load_predictor(self.catalog, tag, self.name)
             why = incompatibility(self.current().info.to_metadata(), predictor.info.to_metadata())
             if why is not None:
-                raise ModelError(
+                refused = ModelError(
                     f"{why}, so this service's callers would break; restart the service to serve it"
                 )
+                refused.reason = "incompatible"  # type: ignore[attr-defined]
+                raise refused
         except DBAPIError:
             raise  # the registry away: said by _run, tried again next poll
         except Exception as exc:
+            count_refusal(exc)
             self.refused[tag] = time.monotonic()
             self.error = f"refused {tag}, kept serving {self.target}: {_reason(exc)}"
             log.error("%s (tried again in %.0f s)", self.error, self.retry)
@@ -213,21 +215,56 @@ class RegistryAway(ScoreboxError):
 
 class Pinned:
     """Exact versions asked for by batch requests, loaded on demand; the few most recent are
-    kept (each is a whole pipeline in memory). A version that cannot be served is remembered
-    for ``retry`` seconds, then tried again (it may have been repaired)."""
+    kept (each is a whole model in memory). Only versions that a queued or running job pinned,
+    or that ``allowed`` names, are loaded. A version that cannot be served is remembered for
+    ``retry`` seconds, then tried again (it may have been repaired)."""
 
     def __init__(
-        self, engine: Engine | None, name: str, keep: int = 3, retry: float = 60.0
+        self,
+        catalog: Catalog,
+        name: str,
+        allowed: list[str] | None = None,
+        keep: int = 3,
+        retry: float = 60.0,
     ) -> None:
-        self.engine = engine
+        self.catalog = catalog
         self.name = name
+        self.allowed = set(allowed or [])
         self.keep = keep
         self.retry = retry
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
         self._refused: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._pins: OrderedDict[str, tuple[bool, float]] = OrderedDict()
         self._lock = threading.Lock()
         # One load at a time: requests naming many versions cost one thread, not every core.
         self._loading = threading.Lock()
+
+    def _pinned_by_a_job(self, tag: str) -> bool:
+        """Whether a queued or running job pinned ``tag`` (asked at most every few seconds)."""
+        if tag in self.allowed:
+            return True
+        with self._lock:
+            known = self._pins.get(tag)
+            if known is not None and time.monotonic() - known[1] < PIN_CHECK_SECONDS:
+                return known[0]
+        engine = self.catalog.engine
+        pinned = False
+        if engine is not None:
+            jobs = Tables.build("predictions").jobs
+            with engine.connect() as conn:
+                pinned = (
+                    conn.execute(
+                        select(jobs.c.id)
+                        .where(jobs.c.model_tag == tag, jobs.c.status.in_(("queued", "running")))
+                        .limit(1)
+                    ).first()
+                    is not None
+                )
+        with self._lock:
+            self._pins[tag] = (pinned, time.monotonic())
+            while len(self._pins) > REFUSED_KEPT:
+                self._pins.popitem(last=False)
+        return pinned
 
     def get(self, tag: str) -> Predictor:
         """Version ``tag``, loading it if needed; a ModelError says why it cannot be, a
@@ -242,15 +279,25 @@ class Pinned:
             refused = self._refused.get(tag)
             if refused is not None and time.monotonic() - refused[1] < self.retry:
                 raise ModelError(refused[0])
+        try:
+            if not self._pinned_by_a_job(tag):
+                refusals.labels(reason="not_pinned").inc()
+                raise ModelError(
+                    f"no queued or running job pinned {tag} and SCOREBOX_SERVICE_PINNABLE does "
+                    "not name it"
+                )
+        except DBAPIError as exc:
+            raise RegistryAway(f"the model registry did not answer: {_reason(exc)}") from None
         with self._loading:
             with self._lock:
                 if tag in self._loaded:  # loaded while this request waited
                     return self._loaded[tag]
             try:
-                predictor = load_predictor(self.engine, tag, self.name)
+                predictor = load_predictor(self.catalog, tag, self.name)
             except DBAPIError as exc:
                 raise RegistryAway(f"the model registry did not answer: {_reason(exc)}") from None
             except Exception as exc:
+                count_refusal(exc)
                 reason = _reason(exc)
                 with self._lock:
                     self._refused[tag] = (reason, time.monotonic())

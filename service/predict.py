@@ -1,7 +1,9 @@
 """Turning checked inputs into predictions, for JSON records and for Arrow column batches.
 
-The registered pipeline starts with scorebox's FrameEncoder; the service encodes with the same
-feature list (scorebox/encoding.py) and runs the rest of the pipeline on the float matrix.
+The service encodes with the version's feature list (scorebox/encoding.py, the same FrameEncoder
+training fitted) and scores the float matrix with the model exported as data (an ONNX graph and
+named parameters, scorebox/compiled.py). Only a version that could not be exported is scored by
+its pickled pipeline, unpickled from bytes whose signature was verified.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import sklearn
-from sklearn.pipeline import Pipeline
 
-from scorebox.compiled import CompiledModel
+from scorebox.catalog import Version
+from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
 from scorebox.encoding import (
     Encoded,
     InvalidRecords,
@@ -25,30 +27,44 @@ from scorebox.encoding import (
     label_text,
 )
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo
+from scorebox.modelinfo import ARTIFACT, ModelInfo, load_pipeline
 from service.arrow import ArrowProblem
 from service.records import BodyProblem
 
 
 class Predictor:
-    """A fitted pipeline with the metadata it was trained with."""
+    """A model (exported, or a pipeline's steps after its encoder) with the metadata it was
+    trained with."""
 
-    def __init__(
-        self, pipeline: Pipeline, info: ModelInfo, tag: str, compiled: bytes | None = None
-    ) -> None:
+    def __init__(self, model: Any, info: ModelInfo, tag: str, compiled: bool) -> None:
         self.info = info
         self.tag = tag
         self.features = info.features
-        encoder = pipeline.steps[0][1]
-        if getattr(encoder, "features_", None) != info.features:
-            raise ModelError(f"model {tag}: its encoder does not match its metadata's features")
-        self.model: Any = pipeline[1:]
-        if compiled is not None:  # checked at training to answer as the pipeline does
-            self.model = CompiledModel(compiled, pipeline.steps[-1][1])
-        self.compiled = compiled is not None
-        self.classes = list(getattr(pipeline, "classes_", []))
+        self.model = model
+        self.compiled = compiled
+        self.classes = list(info.classes)
         self.keys = [label_text(c) for c in self.classes]
         self.labels = [_plain(c) for c in self.classes]
+
+    @classmethod
+    def load(cls, version: Version) -> Predictor:
+        """The predictor of a verified version: its exported model (data), or, when it has
+        none, its pipeline unpickled from the signed bytes."""
+        info = version.info
+        if version.has(ONNX_ARTIFACT) and info.scoring:
+            try:
+                scoring = Scoring.from_dict(info.scoring)
+            except ValueError as exc:
+                raise ModelError(f"model {version.tag}: {exc}") from None
+            model = CompiledModel(version.read(ONNX_ARTIFACT), scoring)
+            return cls(model, info, version.tag, compiled=True)
+        pipeline = load_pipeline(version.read(ARTIFACT))
+        encoder = pipeline.steps[0][1]
+        if getattr(encoder, "features_", None) != info.features:
+            raise ModelError(f"model {version.tag}: its encoder does not match its features")
+        if [_plain(c) for c in getattr(pipeline, "classes_", [])] != list(info.classes):
+            raise ModelError(f"model {version.tag}: its classes do not match its metadata")
+        return cls(pipeline[1:], info, version.tag, compiled=False)
 
     def run(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Predicted values (regression) or class indices, and the probability matrix of a

@@ -23,9 +23,10 @@ from typing import Any
 import bentoml
 from threadpoolctl import threadpool_limits
 
+from scorebox.catalog import Catalog
+from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ScoreboxError
-from scorebox.modelinfo import ModelInfo, verified_files
-from scorebox.registry import ensure_local
+from scorebox.modelinfo import ARTIFACT
 from scorebox.settings import get_settings
 from service import http
 from service.front import Front
@@ -33,9 +34,9 @@ from service.models import (
     Following,
     Pinned,
     Serving,
+    count_refusal,
     load_predictor,
     registry_engine,
-    resolve_served,
     serving,
 )
 from service.predict import Predictor
@@ -88,20 +89,22 @@ def _is_bentoml(pid: int) -> bool:
     return b"bentoml" in command
 
 
-def _check_stored(engine: Any, tag: str) -> None:
-    stored = ensure_local(engine, tag)
-    info = ModelInfo.from_metadata(stored.info.metadata, str(stored.tag))
-    verified_files(Path(stored.path), info, str(stored.tag))
+def _check_stored(catalog: Catalog, tag: str) -> None:
+    """The version's signature, and the file the service will load, verified."""
+    version = catalog.local(tag)
+    version.read(ONNX_ARTIFACT if version.has(ONNX_ARTIFACT) else ARTIFACT)
 
 
 # Resolved and checked when the module loads (in `bentoml serve` itself, before any worker
 # starts): an alias or `latest` becomes one exact version, imported from the registry when this
 # machine's store lacks it; a missing model is one clear line rather than BentoML's attempt to
-# pull it from its cloud, and a model whose files do not match their SHA-256 stops the server.
+# pull it from its cloud, and a version not signed by a trusted key, or whose files are not the
+# ones signed, stops the server.
 REGISTRY = registry_engine(settings.database_url)
+CATALOG = Catalog.from_settings(settings, REGISTRY)
 try:
-    RESOLVED = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
-    _check_stored(REGISTRY, RESOLVED.tag)
+    RESOLVED = CATALOG.resolve(settings.model_name, settings.model_tag)
+    _check_stored(CATALOG, RESOLVED.tag)
 except ScoreboxError as exc:
     # BentoML prints a traceback for any other error while it imports this module.
     raise SystemExit(f"scorebox service: {exc}") from None
@@ -126,14 +129,19 @@ class Scorebox:
             initializer=threadpool_limits,
             initargs=(1,),
         )
-        resolved = resolve_served(REGISTRY, settings.model_name, settings.model_tag)
-        self.current = self._serving(load_predictor(REGISTRY, resolved.tag, settings.model_name))
+        resolved = CATALOG.resolve(settings.model_name, settings.model_tag)
+        try:
+            predictor = load_predictor(CATALOG, resolved.tag, settings.model_name)
+        except ScoreboxError as exc:
+            count_refusal(exc)
+            raise
+        self.current = self._serving(predictor)
         self.ref = resolved.ref
-        self.pinned = Pinned(REGISTRY, settings.model_name)
+        self.pinned = Pinned(CATALOG, settings.model_name, settings.service_pinnable)
         self.following: Following | None = None
         if REGISTRY is not None and Following.wanted(resolved):
             self.following = Following(
-                REGISTRY,
+                CATALOG,
                 resolved,
                 settings.model_name,
                 settings.model_poll_seconds,

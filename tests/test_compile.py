@@ -1,7 +1,8 @@
-"""Compiled tree ensembles answer exactly as scikit-learn does: every supported estimator and task,
-on held-out rows of real data sets and on edge rows built from the trees (thresholds, the doubles
-and floats beside them, missing values, every category). Labels must agree exactly, probabilities
-and values to 1e-9 relative; where the compiler cannot promise that it refuses and says why."""
+"""Models exported as data answer exactly as scikit-learn does: every supported estimator and task,
+on held-out rows of real data sets and on edge rows (for trees: thresholds, the doubles and floats
+beside them, missing values, every category; for linear models: missing, extreme and unseen
+values). Labels must agree exactly, probabilities and values to 1e-9; where the exporter cannot
+promise that it refuses and says why."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
 
 from scorebox.compiled import CompiledModel
-from training.compile import TOLERANCE, compile_model, edge_rows
+from training.compile import TOLERANCE, compile_model, edge_rows, linear_edge_rows
+from training.pipeline import _linear_inputs
 
 
 def _penguins(target: str) -> tuple[np.ndarray, np.ndarray, list[bool]]:
@@ -98,7 +102,8 @@ def test_compiled_model_is_an_exact_twin(case: str, data: str, kind: Any) -> Non
     # Checked here again, independently of compile_model's own check.
     rows = np.vstack([holdout, edge_rows(model, holdout)])
     assert np.isnan(rows).all(axis=1).any(), "an all-missing row is among the edge rows"
-    compiled = CompiledModel(result.onnx, model)
+    assert result.scoring is not None
+    compiled = CompiledModel(result.onnx, result.scoring)
     if hasattr(model, "classes_"):
         expected, got = model.predict_proba(rows), compiled.predict_proba(rows)
         labels = model.classes_[got.argmax(axis=1)]
@@ -118,7 +123,8 @@ def test_category_never_seen_and_missing_values_route_as_in_scikit_learn() -> No
     odd[1, 1] = np.nan  # sex missing
     odd[2, 2:] = np.nan  # every measurement missing
     odd[3, :] = np.nan
-    compiled = CompiledModel(result.onnx, model)
+    assert result.scoring is not None
+    compiled = CompiledModel(result.onnx, result.scoring)
     np.testing.assert_allclose(
         compiled.predict_proba(odd), model.predict_proba(odd), rtol=TOLERANCE, atol=0
     )
@@ -130,5 +136,39 @@ def test_an_estimator_the_compiler_does_not_support_is_refused_with_a_reason(kin
     model = kind(n_estimators=5, random_state=0).fit(x, y)
     result = compile_model(model, x[:50])
     assert result.onnx is None
-    assert result.summary.startswith("not compiled: ")
+    assert result.summary.startswith("not exported: ")
     assert type(model).__name__ in result.summary
+
+
+LINEAR = [
+    ("logistic binary", "breast_cancer", LogisticRegression),
+    ("logistic multiclass categorical", "penguins_species", LogisticRegression),
+    ("ridge regression", "diabetes", Ridge),
+    ("linear regression categorical", "penguins_mass", LinearRegression),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "kind"), LINEAR, ids=[c[0] for c in LINEAR])
+def test_exported_linear_model_is_an_exact_twin(case: str, data: str, kind: Any) -> None:
+    x, y, categorical = _data(data)
+    x = _holes(x) if categorical is None else x
+    flags = categorical or [False] * x.shape[1]
+    estimator = kind(max_iter=2000) if kind is LogisticRegression else kind()
+    pipeline = make_pipeline(_linear_inputs(flags), estimator)
+    x_train, x_test, y_train, _ = train_test_split(x, y, test_size=0.3, random_state=0)
+    pipeline.fit(x_train, y_train)
+    prepare, model = pipeline.steps[0][1], pipeline.steps[1][1]
+    result = compile_model(model, x_test, prepare=prepare)
+    assert result.onnx is not None, result.summary
+    assert result.scoring is not None
+
+    rows = np.vstack([x_test, linear_edge_rows(prepare, x_test)])
+    assert np.isnan(rows).all(axis=1).any(), "an all-missing row is among the edge rows"
+    compiled = CompiledModel(result.onnx, result.scoring)
+    if hasattr(model, "classes_"):
+        expected, got = pipeline.predict_proba(rows), compiled.predict_proba(rows)
+        np.testing.assert_array_equal(model.classes_[got.argmax(axis=1)], pipeline.predict(rows))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+    else:
+        expected, got = pipeline.predict(rows), compiled.predict(rows)
+        np.testing.assert_allclose(got, expected, rtol=TOLERANCE, atol=TOLERANCE)

@@ -18,8 +18,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from scorebox.catalog import Catalog, Version
+from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ARTIFACT, verified_files
+from scorebox.modelinfo import ARTIFACT
 from scorebox.processes import BIN, ROOT, serving
 from tests.conftest import TrainedModel, process_env
 
@@ -285,11 +287,14 @@ def test_token_is_required_everywhere_but_health(auth_url: str, trained: Trained
 def test_tampered_artifact_is_refused(trained: TrainedModel, tmp_path: Path) -> None:
     stored = bentoml.models.get(trained.tag)
     copy = Path(shutil.copytree(stored.path, tmp_path / "model"))
-    verified_files(copy, trained.info, trained.tag)
-    with (copy / ARTIFACT).open("ab") as artifact:
-        artifact.write(b"\x00")
-    with pytest.raises(ModelError, match="refusing to load it"):
-        verified_files(copy, trained.info, trained.tag)
+    manifest = Catalog.from_settings(trained.settings, None).local(trained.tag).manifest
+    version = Version(trained.tag, copy, manifest)
+    for name in (ONNX_ARTIFACT, ARTIFACT):
+        version.read(name)
+        data = (copy / name).read_bytes()
+        (copy / name).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit
+        with pytest.raises(ModelError, match="refusing to load it"):
+            version.read(name)
 
 
 def test_service_with_a_tampered_artifact_stops_at_start(
@@ -299,7 +304,7 @@ def test_service_with_a_tampered_artifact_stops_at_start(
     home, versions = tmp_path / "bentoml", Path(stored.path).parent
     shutil.copytree(versions, home / "models" / versions.name)
     target = home / "models" / versions.name / Path(stored.path).name
-    with (target / ARTIFACT).open("ab") as artifact:
+    with (target / ONNX_ARTIFACT).open("ab") as artifact:
         artifact.write(b"\x00")
     env = process_env(trained.settings, BENTOML_HOME=str(home))
     started = time.monotonic()

@@ -1,13 +1,17 @@
-"""Compiling a fitted tree ensemble to ONNX (ai.onnx.ml ``TreeEnsemble``, double-precision
-splits) and proving it answers as scikit-learn does before it is used.
+"""Exporting a fitted model to data, an ONNX graph of its raw scores and the named parameters
+that finish them (scorebox/compiled.py), and proving it answers as scikit-learn does before it is
+used. What a service loads is then data, never code (a pickle is code).
 
 Supported: HistGradientBoosting classifiers and regressors (numeric and categorical splits, the
 learned direction of missing values) and random forests (which compare inputs rounded to float32,
-as scikit-learn does). The compiled model is checked against the pipeline on the holdout rows and
-on edge rows made from the trees themselves: every split threshold and its neighbouring doubles
-(and floats, for forests), missing values in each feature, every category. Labels must agree
-exactly and probabilities or values to 1e-9 relative; otherwise the model is not compiled, and
-the reason is reported.
+as scikit-learn does) as ai.onnx.ml ``TreeEnsemble`` graphs with double-precision splits; logistic
+regression, ridge and linear regression with their inputs (median imputation, scaling, one-hot
+categories) as a graph of plain operators. Trees are checked on the holdout rows and on edge rows
+made from the trees themselves: every split threshold and its neighbouring doubles (and floats,
+for forests), missing values in each feature, every category; linear models on the holdout and on
+rows with missing values, unseen and extreme values in each feature. Labels must agree exactly,
+tree scores to 1e-9 relative, linear scores to 1e-9 of the magnitude of their terms (a sum's
+rounding depends on its order); otherwise the model is not exported, and the reason is reported.
 """
 
 from __future__ import annotations
@@ -16,14 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 
-from scorebox.compiled import CompiledModel
+from scorebox.compiled import CompiledModel, Scoring
 
 TOLERANCE = 1e-9
 # Past this many nodes an ONNX model costs more memory than it saves time.
@@ -34,11 +40,12 @@ _SUM = 1
 
 @dataclass(frozen=True)
 class Compiled:
-    """What compiling gave: the ONNX bytes (None when not compiled) and why, or how it was
-    checked."""
+    """What exporting gave: the ONNX bytes and scoring parameters (None when not exported) and
+    why, or how it was checked."""
 
     onnx: bytes | None
     summary: str
+    scoring: Scoring | None = None
 
 
 class _Trees:
@@ -296,32 +303,242 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nanmax(diff)) if diff.size else 0.0
 
 
-def compile_model(estimator: Any, check: np.ndarray) -> Compiled:
-    """Compile ``estimator`` (the pipeline's last step, fitted on encoded rows) and check it on
-    ``check`` (encoded holdout rows) and on edge rows; only an exact twin is kept."""
+def _known_categories(estimator: Any) -> list[list[int]]:
+    """(column, number of categories) of each categorical column of a HistGradientBoosting
+    model, whose learnt categories are the codes 0..k-1 (:func:`_check_categories`)."""
+    preprocessor = getattr(estimator, "_preprocessor", None)
+    if preprocessor is None:
+        return []
+    encoder = preprocessor.named_transformers_["encoder"]
+    columns = np.flatnonzero(np.asarray(estimator.is_categorical_))
+    return [
+        [int(column), int(np.count_nonzero(~np.isnan(np.asarray(known, dtype=np.float64))))]
+        for column, known in zip(columns, encoder.categories_, strict=True)
+    ]
+
+
+def tree_scoring(estimator: Any) -> Scoring:
+    """The parameters that finish a tree ensemble's raw scores (ValueError if unsupported)."""
+    if isinstance(estimator, RandomForestClassifier | RandomForestRegressor):
+        # The graph sums the trees; scikit-learn averages them.
+        return Scoring("identity", divide=len(estimator.estimators_))
+    loss = type(estimator._loss).__name__
+    links = {
+        "HalfBinomialLoss": "logistic",
+        "HalfMultinomialLoss": "softmax",
+        "HalfSquaredError": "identity",
+    }
+    if loss not in links:
+        raise ValueError(f"the {loss} loss is not supported")
+    return Scoring(
+        links[loss],
+        baseline=[float(v) for v in np.ravel(estimator._baseline_prediction)],
+        categories=_known_categories(estimator),
+    )
+
+
+def _linear_parts(prepare: ColumnTransformer) -> tuple[list[Any], list[Any]]:
+    """(numbers, categories) of the linear models' input step (training/pipeline.py)."""
+    numbers: list[Any] = []
+    categories: list[Any] = []
+    for name, step, columns in prepare.transformers_:
+        if name == "remainder":
+            if step != "drop" and len(columns):
+                raise ValueError("its input step passes columns through")
+            continue
+        kinds = [type(s).__name__ for _, s in step.steps]
+        if name == "numbers" and kinds == ["SimpleImputer", "StandardScaler"]:
+            numbers.append((step.steps[0][1], step.steps[1][1], list(columns)))
+        elif name == "categories" and kinds == ["SimpleImputer", "OneHotEncoder"]:
+            categories.append((step.steps[0][1], step.steps[1][1], list(columns)))
+        else:
+            raise ValueError(f"its input step {name} ({', '.join(kinds)}) is not supported")
+    return numbers, categories
+
+
+def linear_scoring(estimator: Any) -> Scoring:
+    if isinstance(estimator, LogisticRegression):
+        if getattr(estimator, "multi_class", "auto") == "ovr" and len(estimator.classes_) > 2:
+            raise ValueError("one-vs-rest logistic regression is not supported")
+        return Scoring("logistic" if len(estimator.classes_) == 2 else "softmax")
+    if isinstance(estimator, Ridge | LinearRegression):
+        return Scoring("identity")
+    raise ValueError(f"{type(estimator).__name__} is not a supported linear model")
+
+
+def _linear_weights(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(weights as a features x targets matrix, intercepts a target)."""
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+    return np.ascontiguousarray(coef.T), intercept
+
+
+def linear_to_onnx(prepare: ColumnTransformer, estimator: Any, n_features: int) -> bytes:
+    """The ONNX graph of a linear model's decision values, with its input step: missing numbers
+    set to the training median, scaled, categories one-hot (missing is code -1; an unseen code
+    matches no column)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    numbers, categories = _linear_parts(prepare)
+    constants: list[Any] = []
+    nodes: list[Any] = []
+    blocks: list[str] = []
+
+    def constant(name: str, value: np.ndarray) -> str:
+        constants.append(numpy_helper.from_array(value, name))
+        return name
+
+    for k, (imputer, scaler, columns) in enumerate(numbers):
+        statistics = np.asarray(imputer.statistics_, dtype=np.float64)
+        kept = ~np.isnan(statistics)  # a column empty in training is dropped by the imputer
+        if imputer.strategy != "median" or getattr(imputer, "add_indicator", False):
+            raise ValueError("its imputer is not the median without indicators")
+        index = constant(f"num{k}_idx", np.asarray(columns, np.int64)[kept])
+        fill = constant(f"num{k}_fill", statistics[kept].reshape(1, -1))
+        mean = constant(f"num{k}_mean", np.asarray(scaler.mean_, np.float64).reshape(1, -1))
+        scale = constant(f"num{k}_scale", np.asarray(scaler.scale_, np.float64).reshape(1, -1))
+        nodes += [
+            helper.make_node("Gather", ["X", index], [f"num{k}_x"], axis=1),
+            helper.make_node("IsNaN", [f"num{k}_x"], [f"num{k}_nan"]),
+            helper.make_node("Where", [f"num{k}_nan", fill, f"num{k}_x"], [f"num{k}_filled"]),
+            helper.make_node("Sub", [f"num{k}_filled", mean], [f"num{k}_centred"]),
+            helper.make_node("Div", [f"num{k}_centred", scale], [f"num{k}_z"]),
+        ]
+        blocks.append(f"num{k}_z")
+    for k, (imputer, encoder, columns) in enumerate(categories):
+        if imputer.strategy != "constant" or encoder.drop_idx_ is not None:
+            raise ValueError("its category step is not a constant fill and a full one-hot")
+        if getattr(encoder, "_infrequent_enabled", False):
+            raise ValueError("infrequent categories are not supported")
+        missing = constant(f"cat{k}_missing", np.array(float(imputer.fill_value)))
+        for j, (column, known) in enumerate(zip(columns, encoder.categories_, strict=True)):
+            codes = np.asarray(known, dtype=np.float64)
+            if np.isnan(codes).any():
+                raise ValueError("a category step learnt a missing category")
+            name = f"cat{k}_{j}"
+            nodes += [
+                helper.make_node(
+                    "Gather",
+                    ["X", constant(f"{name}_idx", np.array([column], np.int64))],
+                    [f"{name}_x"],
+                    axis=1,
+                ),
+                helper.make_node("IsNaN", [f"{name}_x"], [f"{name}_nan"]),
+                helper.make_node("Where", [f"{name}_nan", missing, f"{name}_x"], [f"{name}_v"]),
+                helper.make_node(
+                    "Equal",
+                    [f"{name}_v", constant(f"{name}_codes", codes.reshape(1, -1))],
+                    [f"{name}_eq"],
+                ),
+                helper.make_node("Cast", [f"{name}_eq"], [f"{name}_z"], to=TensorProto.DOUBLE),
+            ]
+            blocks.append(f"{name}_z")
+    if not blocks:
+        raise ValueError("its input step produces no columns")
+    weights, intercept = _linear_weights(estimator)
+    nodes += [
+        helper.make_node("Concat", blocks, ["z"], axis=1),
+        helper.make_node("MatMul", ["z", constant("weights", weights)], ["product"]),
+        helper.make_node("Add", ["product", constant("intercept", intercept)], ["raw"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scorebox-linear",
+        [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [None, n_features])],
+        [helper.make_tensor_value_info("raw", TensorProto.DOUBLE, [None, weights.shape[1]])],
+        initializer=constants,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21)], producer_name="scorebox"
+    )
+    model.ir_version = 10
+    return bytes(model.SerializeToString())
+
+
+def linear_edge_rows(prepare: ColumnTransformer, base: np.ndarray) -> np.ndarray:
+    """Rows with, in each feature in turn: a missing value, a large value either way, and for
+    categories every learnt code and codes never learnt."""
+    rng = np.random.default_rng(0)
+    numbers, categories = _linear_parts(prepare)
+    values: list[tuple[int, float]] = []
+    for _, _, columns in numbers:
+        for column in columns:
+            values += [(column, np.nan), (column, 1e6), (column, -1e6)]
+    for _, encoder, columns in categories:
+        for column, known in zip(columns, encoder.categories_, strict=True):
+            codes = [float(c) for c in known]
+            values += [(column, c) for c in codes]
+            values += [(column, np.nan), (column, max(codes) + 1), (column, -2.0), (column, 0.5)]
+    rows = [base[rng.integers(len(base))].copy() for _ in range(len(values) + 1)]
+    for row, (column, value) in zip(rows, values, strict=False):
+        row[column] = value
+    rows[-1][:] = np.nan
+    return np.array(rows, dtype=np.float64)
+
+
+def _check(
+    expected: np.ndarray, got: np.ndarray, classifier: bool, allowed: np.ndarray | None
+) -> tuple[float, int]:
+    """(largest difference, as a share of what is allowed, or relative; labels that differ)."""
+    labels = int((expected.argmax(axis=1) != got.argmax(axis=1)).sum()) if classifier else 0
+    if allowed is None:
+        return _relative(expected, got) / TOLERANCE, labels
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.abs(expected - got) / allowed
+    share = np.where(np.abs(expected - got) == 0, 0.0, share)
+    return float(np.nanmax(share)) if share.size else 0.0, labels
+
+
+def compile_model(estimator: Any, check: np.ndarray, prepare: Any = None) -> Compiled:
+    """Export ``estimator`` (the pipeline's last step, fitted on encoded rows, after the linear
+    models' input step ``prepare``) and check it on ``check`` (encoded holdout rows) and on edge
+    rows; only an exact twin is kept."""
     try:
-        onnx_model = to_onnx(estimator, check.shape[1])
+        if prepare is None:
+            onnx_model, scoring = to_onnx(estimator, check.shape[1]), tree_scoring(estimator)
+        else:
+            onnx_model = linear_to_onnx(prepare, estimator, check.shape[1])
+            scoring = linear_scoring(estimator)
     except ValueError as exc:
-        return Compiled(None, f"not compiled: {exc}")
+        return Compiled(None, f"not exported: {exc}")
     except ImportError:
-        return Compiled(None, "not compiled: the onnx package is not installed")
-    rows = np.vstack([check, edge_rows(estimator, check)])
-    compiled = CompiledModel(onnx_model, estimator)
-    if hasattr(estimator, "classes_"):
-        expected, got = estimator.predict_proba(rows), compiled.predict_proba(rows)
-        labels_differ = int((expected.argmax(axis=1) != got.argmax(axis=1)).sum())
+        return Compiled(None, "not exported: the onnx package is not installed")
+    compiled = CompiledModel(onnx_model, scoring)
+    classifier = hasattr(estimator, "classes_")
+    if prepare is None:
+        rows = np.vstack([check, edge_rows(estimator, check)])
+        if classifier:
+            expected, got = estimator.predict_proba(rows), compiled.predict_proba(rows)
+        else:
+            expected, got = estimator.predict(rows), compiled.predict(rows)
+        worst, labels_differ = _check(np.atleast_2d(expected), np.atleast_2d(got), classifier, None)
+        measure = f"largest relative difference {worst * TOLERANCE:.1e}"
     else:
-        expected, got = estimator.predict(rows), compiled.predict(rows)
+        rows = np.vstack([check, linear_edge_rows(prepare, check)])
+        inputs = prepare.transform(rows)
+        weights, intercept = _linear_weights(estimator)
+        # A sum's rounding error is bounded by the size of its terms, not of the sum.
+        allowed = TOLERANCE * (np.abs(inputs) @ np.abs(weights) + np.abs(intercept))
+        expected = (
+            estimator.decision_function(inputs) if classifier else estimator.predict(inputs)
+        ).reshape(len(rows), -1)
+        raw = compiled.raw(rows)
+        worst, _ = _check(expected, raw, False, allowed)
         labels_differ = 0
-    worst = _relative(np.asarray(expected), np.asarray(got))
-    if labels_differ or not worst <= TOLERANCE:
+        if classifier:
+            _, labels_differ = _check(
+                estimator.predict_proba(inputs), compiled.predict_proba(rows), True, None
+            )
+        measure = f"largest difference {worst:.2f} of the 1e-9 allowed"
+    if labels_differ or not worst <= 1.0:
         return Compiled(
             None,
-            f"not compiled: on {len(rows)} check rows the compiled model differs from "
-            f"scikit-learn (largest relative difference {worst:.1e}, {labels_differ} labels)",
+            f"not exported: on {len(rows)} check rows the exported model differs from "
+            f"scikit-learn ({measure}, {labels_differ} labels)",
         )
     return Compiled(
         onnx_model,
-        f"compiled to ONNX; agrees with scikit-learn on {len(rows)} holdout and edge rows "
-        f"(largest relative difference {worst:.1e})",
+        f"exported to ONNX; agrees with scikit-learn on {len(rows)} holdout and edge rows "
+        f"({measure})",
+        scoring,
     )

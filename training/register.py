@@ -1,4 +1,5 @@
-"""Saving a fitted pipeline to the BentoML model store with its scorebox metadata."""
+"""Saving a fitted pipeline to the BentoML model store with its scorebox metadata, and signing
+the stored version (scorebox/signing.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 
 import bentoml
 import joblib
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.pipeline import Pipeline
 
 from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ModelInfo, verified_files
+from scorebox.modelinfo import ARTIFACT, ModelInfo
+from scorebox.signing import SIGNATURE_FILE, folder_files, sign
 
 
 def artifact_sha256(pipeline: Pipeline) -> str:
@@ -25,7 +28,7 @@ def artifact_sha256(pipeline: Pipeline) -> str:
 def register(
     name: str, pipeline: Pipeline, info: ModelInfo, compiled: bytes | None = None
 ) -> bentoml.Model:
-    """Save to the model store, with the compiled model beside the pickle when there is one;
+    """Save to the model store, with the exported model beside the pickle when there is one;
     the stored files must hash to what ``info`` records."""
     signatures = {"predict": {"batchable": True}}
     if info.task == "classification":
@@ -38,14 +41,23 @@ def register(
         metadata=info.to_metadata(),
     )
     model = bentoml.models.get(saved.tag)  # the stored copy, not the build directory
+    folder = Path(model.path)
+    expected = {ARTIFACT: info.artifact_sha256}
     if compiled is not None:
-        (Path(model.path) / ONNX_ARTIFACT).write_bytes(compiled)
-    try:
-        verified_files(Path(model.path), info, str(model.tag))
-    except ModelError:
-        bentoml.models.delete(model.tag)
-        raise ModelError(
-            f"the stored artifact of {model.tag} does not match the trained pipeline; "
-            "the model was removed"
-        ) from None
+        (folder / ONNX_ARTIFACT).write_bytes(compiled)
+        expected[ONNX_ARTIFACT] = info.compiled_sha256
+    for file, digest in expected.items():
+        if hashlib.sha256((folder / file).read_bytes()).hexdigest() != digest:
+            bentoml.models.delete(model.tag)
+            raise ModelError(
+                f"the stored {file} of {model.tag} does not match the trained pipeline; "
+                "the model was removed"
+            )
     return model
+
+
+def seal(model: bentoml.Model, key: Ed25519PrivateKey) -> None:
+    """Sign the stored version: its tag, every file of its folder and its metadata."""
+    folder = Path(model.path)
+    envelope = sign(key, str(model.tag), folder_files(folder), dict(model.info.metadata))
+    (folder / SIGNATURE_FILE).write_text(envelope)

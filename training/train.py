@@ -16,18 +16,20 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sqlalchemy import Engine
 
+from scorebox.aliases import who
+from scorebox.catalog import Catalog
 from scorebox.encoding import json_value
 from scorebox.errors import DataError
 from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
 from scorebox.profile import reference, score_of
-from scorebox.registry import record, registry_ready
 from scorebox.settings import Settings
+from scorebox.signing import key_id, signing_key
 from training import data
 from training.compile import Compiled, compile_model
 from training.evaluate import evaluate
 from training.pipeline import build_pipeline, check_classes, infer_task
-from training.register import artifact_sha256, register
+from training.register import artifact_sha256, register, seal
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class TrainResult:
     info: ModelInfo
     report: Path
     registry: str  # what became of the model in the database's registry, in words
+    signed: str  # which key signed it, and where that key is
 
 
 def _split(
@@ -83,17 +86,27 @@ def _split(
 
 
 def compile_pipeline(pipeline: Pipeline, holdout: pd.DataFrame) -> Compiled:
-    """The pipeline's tree ensemble compiled and checked on the encoded holdout rows; a
-    pipeline with steps between the encoder and the estimator (linear models) is not."""
-    if len(pipeline.steps) != 2:
-        return Compiled(None, "not compiled: only tree ensembles are")
-    return compile_model(pipeline.steps[-1][1], pipeline.steps[0][1].transform(holdout))
+    """The pipeline's model (after its encoder: a tree ensemble, or a linear model with its
+    input step) exported as data and checked on the encoded holdout rows."""
+    encoded = pipeline.steps[0][1].transform(holdout)
+    if len(pipeline.steps) == 2:
+        return compile_model(pipeline.steps[-1][1], encoded)
+    if len(pipeline.steps) == 3:
+        return compile_model(pipeline.steps[-1][1], encoded, prepare=pipeline.steps[1][1])
+    return Compiled(None, "not exported: the pipeline has steps scorebox cannot export")
 
 
 def train(
     settings: Settings, engine: Engine, step: Callable[[str], None] = lambda _: None
 ) -> TrainResult:
-    """Train on the configured table and register the model; ``step`` hears about progress."""
+    """Train on the configured table, sign and register the model; ``step`` hears about
+    progress."""
+    # The key first: a missing or unreadable key says so before minutes of fitting.
+    key = signing_key(
+        settings.signing_key_path,
+        settings.default_trust_folder,
+        create=settings.signing_key is None,
+    )
     step(f"reading {settings.feature_table}")
     with engine.connect() as conn:
         schema = resolve_schema(conn, settings)
@@ -120,9 +133,11 @@ def train(
         # A tiny table can leave a class with fewer rows than folds: not worth stopping for.
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         pipeline.fit(x_train, y_train)
+    if task == "classification":  # in the order of the model's outputs
+        classes = [c.item() if hasattr(c, "item") else c for c in pipeline.classes_]
     step(f"evaluating on {len(x_test)} held-out rows")
     metrics, undefined = evaluate(pipeline, x_test, y_test, task)
-    step("compiling the model")
+    step("exporting the model as data")
     compiled = compile_pipeline(pipeline, x_test)
     step("profiling the data for drift")
     encoder = pipeline.named_steps["encode"]
@@ -154,21 +169,30 @@ def train(
         metrics_undefined=undefined,
         example={str(name): json_value(value) for name, value in x_test.iloc[0].items()},
         compiled_sha256="" if compiled.onnx is None else hashlib.sha256(compiled.onnx).hexdigest(),
-        compiled_note=compiled.summary,
+        compiled_note=compiled.summary
+        if compiled.onnx is not None
+        else f"{compiled.summary}; served from its pickle, loaded only after its signature checks",
         profile=profile,
+        scoring={} if compiled.scoring is None else compiled.scoring.to_dict(),
     )
     step(f"registering {settings.model_name} in the BentoML model store")
     model = register(settings.model_name, pipeline, info, compiled.onnx)
     report = write_report(
         Path(model.path) / "report", str(model.tag), info, pipeline, x_test, y_test
     )
-    if registry_ready(engine):
+    step(f"signing {model.tag}")
+    seal(model, key)
+    catalog = Catalog.from_settings(settings, engine)
+    if catalog.ready():
         step(f"recording {model.tag} in the database's model registry")
-        record(engine, str(model.tag))
+        catalog.publish(str(model.tag), who())
         registered = "recorded in the database (`scorebox models list`)"
     else:
         registered = (
             "not recorded in the database: its tables are missing; run `scorebox db upgrade`, "
             f"then `scorebox models push {model.tag}`"
         )
-    return TrainResult(tag=str(model.tag), info=info, report=report, registry=registered)
+    signed = f"signed with key {key_id(key.public_key())} ({settings.signing_key_path})"
+    return TrainResult(
+        tag=str(model.tag), info=info, report=report, registry=registered, signed=signed
+    )

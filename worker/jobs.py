@@ -16,10 +16,10 @@ from sqlalchemy import Engine, Table, func, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from scorebox.catalog import Catalog
 from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import ScoreboxError
 from scorebox.features import KeyKind, check_keys, resolve_key
-from scorebox.modelinfo import ModelInfo
 from scorebox.names import TableName, require_column, resolve_table
 from scorebox.profile import Drift
 from scorebox.settings import Settings
@@ -136,12 +136,13 @@ def submit_job(
     # The deployment of the served model: its workers share the service's model name.
     queue = settings.queue_for(model_name)
     features_of = described["features"]
+    catalog = Catalog.from_settings(settings, engine)
     if model_tag is not None:
         # Pinned at submission: an alias or `latest` is resolved once, here.
-        served = _pinned_version(engine, model_name, model_tag, client.base_url)
+        served = _pinned_version(catalog, model_name, model_tag, client.base_url)
         if served != described["tag"]:
-            features_of = [f.to_dict() for f in _info_of(engine, served).features]
-    reference = _reference(engine, served)
+            features_of = [f.to_dict() for f in catalog.info(served).features]
+    reference = _reference(catalog, served)
     tables = Tables.build(settings.predictions_table)
     with engine.begin() as conn:
         name = resolve_table(conn, table or settings.feature_table, "--table")
@@ -217,39 +218,25 @@ def _sql_type(conn: Connection, name: TableName, column: str) -> str | None:
     ).scalar_one()
 
 
-def _pinned_version(engine: Engine, name: str, ref: str, service_url: str) -> str:
+def _pinned_version(catalog: Catalog, name: str, ref: str, service_url: str) -> str:
     """The exact version of model ``name`` that ``ref`` (an alias, ``latest`` or a version,
-    with or without ``name:``) names now, from the registry (or the local store without one)."""
-    from scorebox.registry import registry_ready, resolve
-
+    with or without ``name:``) names now; it must be signed by a trusted key."""
     given = ref.partition(":")[0] if ":" in ref else name
     if given != name:
         raise ScoreboxError(
             f"--model {ref}: the service at {service_url} serves model {name}; score with one of "
             f"its versions or aliases (`scorebox models list`), or serve {given}"
         )
-    if registry_ready(engine):
-        tag = resolve(engine, name, ref).tag
-        _info_of(engine, tag)  # it must exist
-        return tag
-    import bentoml
-    from bentoml.exceptions import BentoMLException, NotFound
-
-    version = ref.partition(":")[2] if ":" in ref else ref
-    try:
-        return str(bentoml.models.get(f"{name}:{version}").tag)
-    except (NotFound, ValueError, BentoMLException):
-        raise ScoreboxError(
-            f"--model {ref}: no such version of {name} (the registry's tables are missing: run "
-            "`scorebox db upgrade`)"
-        ) from None
+    tag = catalog.resolve(name, ref).tag
+    catalog.info(tag)  # it must exist, verify and be readable
+    return tag
 
 
-def _reference(engine: Engine, tag: str) -> dict[str, Any] | None:
+def _reference(catalog: Catalog, tag: str) -> dict[str, Any] | None:
     """What the job's chunks need to count their rows for drift: the model's features and its
     training profile (None for a model without one)."""
     try:
-        info = _info_of(engine, tag)
+        info = catalog.info(tag)
     except (ScoreboxError, DBAPIError) as exc:  # drift is worth a warning, not a failed job
         log.warning("job of %s: no training profile, so no drift: %s", tag, exc)
         return None
@@ -261,27 +248,6 @@ def _reference(engine: Engine, tag: str) -> dict[str, Any] | None:
         "features": [f.to_dict() for f in info.features],
         "profile": info.profile,
     }
-
-
-def _info_of(engine: Engine, tag: str) -> ModelInfo:
-    """A version's metadata, from the registry or the local store."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    from scorebox.registry import metadata_of, registry_ready
-
-    if registry_ready(engine):
-        try:
-            return ModelInfo.from_metadata(metadata_of(engine, tag), tag)
-        except ScoreboxError:
-            pass  # not registered: perhaps in this machine's store
-    try:
-        return ModelInfo.from_metadata(bentoml.models.get(tag).info.metadata, tag)
-    except NotFound:
-        raise ScoreboxError(
-            f"--model: no model {tag} in the registry or the local BentoML store; "
-            "`scorebox models list` shows the registered versions"
-        ) from None
 
 
 def fail_job(conn: Connection, tables: Tables, job_id: int, error: str) -> None:

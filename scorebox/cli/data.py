@@ -126,6 +126,7 @@ def train(
         if count:
             console.print(f"note: {note.replace('_', ' ')}: {count}")
     console.print(f"speed: {info.compiled_note}", highlight=False, markup=False)
+    console.print(f"signed: {result.signed}", highlight=False, markup=False)
     console.print(f"report: {result.report}", highlight=False)
     console.print(f"registry: {result.registry}", highlight=False, markup=False)
     if bento:

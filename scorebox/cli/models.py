@@ -1,6 +1,7 @@
-"""The model registry from the command line: `models list | show | push | alias | unalias |
-history | compare | promote`. Versions are named by tag (`name:version`), by version alone, by
-`latest` or by an alias, for the model SCOREBOX_MODEL_NAME."""
+"""The model registry from the command line: `models list | show | verify | push | alias |
+unalias | history | compare | promote`. Versions are named by tag (`name:version`), by version
+alone, by `latest` or by an alias, for the model SCOREBOX_MODEL_NAME. Everything shown of a
+version comes from its signed manifest; a version no trusted key signed is shown as refused."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import typer
 from rich.text import Text
 from sqlalchemy import Engine
 
+from scorebox.catalog import Catalog
 from scorebox.cli.app import EPILOG, app, console, friendly, metrics_line, ready_engine
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo
@@ -26,20 +28,17 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-def _engine(settings: Settings) -> Engine:
-    return ready_engine(settings, tables=True)
+def _catalog(settings: Settings) -> Catalog:
+    return Catalog.from_settings(settings, ready_engine(settings, tables=True))
 
 
-def _tag(engine: Engine, settings: Settings, ref: str) -> str:
-    from scorebox.registry import resolve
-
-    return resolve(engine, settings.model_name, ref).tag
+def _tag(catalog: Catalog, settings: Settings, ref: str) -> str:
+    return catalog.resolve(settings.model_name, ref).tag
 
 
-def _info(engine: Engine, tag: str) -> ModelInfo:
-    from scorebox.registry import metadata_of
-
-    return ModelInfo.from_metadata(metadata_of(engine, tag), tag)
+def _engine(catalog: Catalog) -> Engine:
+    assert catalog.engine is not None
+    return catalog.engine
 
 
 def _when(row: dict[str, Any], key: str) -> str:
@@ -53,23 +52,30 @@ def models_list(
         bool, typer.Option("--all", help="Every model name, not only SCOREBOX_MODEL_NAME.")
     ] = False,
 ) -> None:
-    """Registered versions, newest first, with their aliases and holdout metrics."""
-    from scorebox.registry import list_models
-
+    """Registered versions, newest first, with their aliases and holdout metrics; a version
+    that no trusted key signed, or whose metadata cannot be read, says so instead."""
     settings = get_settings()
-    rows = list_models(_engine(settings), None if every else settings.model_name)
+    rows = _catalog(settings).listing(None if every else settings.model_name)
     if not rows:
         console.print(f"no registered version of {settings.model_name}; run `scorebox train`")
         return
     # One line a version, never folded: readable in 80 columns and by grep.
     for row in rows:
         aliases = f" [{', '.join(row['aliases'])}]" if row["aliases"] else ""
-        shown = dict(list(row["metrics"].items())[:2])
+        info: ModelInfo | None = row["info"]
+        if info is not None:
+            described: tuple[str, str] = (
+                f"  {info.estimator}  {metrics_line(dict(list(info.metrics.items())[:2]))}  ",
+                "",
+            )
+        else:
+            problem = row["trusted"] or row["unreadable"]
+            described = (f"  REFUSED: {problem}  ", "red")
         console.print(
             Text.assemble(
                 (row["tag"], "bold"),
                 (aliases, "green"),
-                f"  {row['estimator']}  {metrics_line(shown)}  ",
+                described,
                 (f"{_when(row, 'created_at')} {row['created_by']}", "dim"),
             ),
             overflow="ignore",
@@ -82,14 +88,16 @@ def models_list(
 def models_show(
     ref: Annotated[str, typer.Argument(help="A tag, version, alias or latest.")],
 ) -> None:
-    """One version: aliases, metrics, features, who trained it and when, its archive's SHA-256."""
-    from scorebox.registry import show
-
+    """One version: aliases, metrics, features, who trained it and when (as the database
+    recorded), which key signed it, its archive's SHA-256."""
     settings = get_settings()
-    engine = _engine(settings)
-    row = show(engine, _tag(engine, settings, ref))
-    info = ModelInfo.from_metadata(row["metadata"], row["tag"])
+    catalog = _catalog(settings)
+    row = catalog.show(_tag(catalog, settings, ref))
+    info: ModelInfo | None = row["info"]
+    if info is None:
+        raise ScoreboxError(f"{row['tag']}: refused: {row['trusted'] or row['unreadable']}")
     console.print(Text.assemble((row["tag"], "bold"), f"  {info.task}, {info.estimator}"))
+    console.print(f"signed: by key {row['key']}", highlight=False)
     console.print(f"aliases: {', '.join(row['aliases']) or '(none)'}", highlight=False)
     console.print(f"holdout: {metrics_line(info.metrics, info.metrics_undefined)}")
     console.print(
@@ -102,25 +110,45 @@ def models_show(
     console.print(f"archive sha256: {row['artifact_sha256']}", highlight=False)
 
 
+@models_app.command("verify", epilog=EPILOG)
+@friendly
+def models_verify(
+    ref: Annotated[str, typer.Argument(help="A tag, version, alias or latest.")],
+) -> None:
+    """Check a version as a service would before loading it: its signature by a trusted key
+    (SCOREBOX_TRUSTED_KEYS), and every file of its archive against the signed manifest, within
+    the size caps. Exit 1 with the reason when it fails."""
+    settings = get_settings()
+    catalog = _catalog(settings)
+    console.print(catalog.check(_tag(catalog, settings, ref)), highlight=False, markup=False)
+
+
 @models_app.command("push", epilog=EPILOG)
 @friendly
 def models_push(
     tag: Annotated[str, typer.Argument(help="A model in the local BentoML store.")],
 ) -> None:
-    """Record a model of the local BentoML store in the registry (`scorebox train` does it)."""
+    """Record a model of the local BentoML store in the registry (`scorebox train` does it).
+    A version without a signature is signed first with SCOREBOX_SIGNING_KEY."""
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from scorebox.registry import record
+    from scorebox.aliases import who
+    from scorebox.signing import SIGNATURE_FILE, load_key
+    from training.register import seal
 
     settings = get_settings()
-    engine = _engine(settings)
+    catalog = _catalog(settings)
     try:
-        full = str(bentoml.models.get(tag).tag)
+        model = bentoml.models.get(tag)
     except NotFound:
         raise ScoreboxError(f"no model {tag} in the local BentoML store (BENTOML_HOME)") from None
-    digest = record(engine, full)
-    console.print(f"{full} is in the registry (archive sha256 {digest[:12]}…)")
+    if not (Path(model.path) / SIGNATURE_FILE).exists():
+        key = load_key(settings.signing_key_path)
+        seal(model, key)
+        console.print(f"signed {model.tag} with {settings.signing_key_path}", highlight=False)
+    digest = catalog.publish(str(model.tag), who())
+    console.print(f"{model.tag} is in the registry (archive sha256 {digest[:12]}…)")
 
 
 @models_app.command("alias", epilog=EPILOG)
@@ -145,20 +173,20 @@ def models_alias(
 ) -> None:
     """Point an alias at a version (services that serve the alias switch within seconds), or
     move it back one step with --rollback."""
-    from scorebox.registry import rollback as roll_back
-    from scorebox.registry import set_alias
+    from scorebox.aliases import rollback as roll_back
+    from scorebox.aliases import set_alias
 
     settings = get_settings()
-    engine = _engine(settings)
+    catalog = _catalog(settings)
     if rollback == (ref is not None):
         raise ScoreboxError("give either a version to point the alias at or --rollback")
     if rollback:
-        old, new = roll_back(engine, settings.model_name, alias)
+        old, new = roll_back(_engine(catalog), settings.model_name, alias)
         console.print(f"{alias}: {old} -> {new} (rolled back)", highlight=False)
         return
     assert ref is not None
-    tag = _tag(engine, settings, ref)
-    before = set_alias(engine, alias, tag, force=force)
+    tag = _tag(catalog, settings, ref)
+    before = set_alias(catalog, alias, tag, force=force)
     if before == tag:
         console.print(f"{alias} already points at {tag}", highlight=False)
     else:
@@ -169,10 +197,10 @@ def models_alias(
 @friendly
 def models_unalias(alias: str) -> None:
     """Remove an alias (recorded in its history; --rollback brings it back)."""
-    from scorebox.registry import remove_alias
+    from scorebox.aliases import remove_alias
 
     settings = get_settings()
-    old = remove_alias(_engine(settings), settings.model_name, alias)
+    old = remove_alias(_engine(_catalog(settings)), settings.model_name, alias)
     console.print(f"{alias} removed (it pointed at {old})", highlight=False)
 
 
@@ -181,19 +209,25 @@ def models_unalias(alias: str) -> None:
 def models_history(
     alias: Annotated[str | None, typer.Argument(help="One alias; default: every alias.")] = None,
 ) -> None:
-    """Every move of the model's aliases: when, who, from and to."""
-    from scorebox.registry import history
+    """Every move of the model's aliases, however it was made (a direct UPDATE shows as
+    `direct`): when, which database role (and who the client said it was), from and to."""
+    from scorebox.aliases import history
 
     settings = get_settings()
-    moves = history(_engine(settings), settings.model_name, alias)
+    moves = history(_engine(_catalog(settings)), settings.model_name, alias)
     if not moves:
         console.print(f"no alias of {settings.model_name} has moved yet")
     for move in moves:
+        declared = move.get("declared_by")
+        by = move["moved_by"] + (
+            f" ({declared})" if declared and declared != move["moved_by"] else ""
+        )
         console.print(
             f"{_when(move, 'moved_at')}  {move['alias']}: {move['from_tag'] or '(none)'} -> "
-            f"{move['to_tag'] or '(removed)'}  {move['action']} by {move['moved_by']}"
+            f"{move['to_tag'] or '(removed)'}  {move['action']} by {by}"
             + (f"  ({move['reason']})" if move["reason"] else ""),
             highlight=False,
+            markup=False,
         )
 
 
@@ -207,17 +241,17 @@ LabelsOption = Annotated[
 
 
 def _compare(
-    engine: Engine, settings: Settings, a: str, b: str, table: str | None, labels: str | None
+    catalog: Catalog, settings: Settings, a: str, b: str, table: str | None, labels: str | None
 ) -> Any:
     from scorebox.compare import compare
 
     return compare(
-        engine,
+        _engine(catalog),
         settings.predictions_table,
         a,
         b,
-        _info(engine, a),
-        _info(engine, b),
+        catalog.info(a),
+        catalog.info(b),
         table or settings.feature_table,
         settings.id_column,
         labels,
@@ -240,9 +274,9 @@ def models_compare(
     from scorebox.compare import write_report
 
     settings = get_settings()
-    engine = _engine(settings)
+    catalog = _catalog(settings)
     result = _compare(
-        engine, settings, _tag(engine, settings, a), _tag(engine, settings, b), table, labels
+        catalog, settings, _tag(catalog, settings, a), _tag(catalog, settings, b), table, labels
     )
     _print_comparison(result)
     console.print(f"report: {write_report(result, out)}", highlight=False)
@@ -282,14 +316,14 @@ def models_promote(
 ) -> None:
     """Point an alias at a version, only when the gate passes; say why either way (exit 1 when
     it does not pass)."""
+    from scorebox.aliases import set_alias
     from scorebox.gate import parse_gate
-    from scorebox.registry import resolve, set_alias
 
     settings = get_settings()
-    engine = _engine(settings)
-    tag = _tag(engine, settings, candidate)
+    catalog = _catalog(settings)
+    tag = _tag(catalog, settings, candidate)
     parsed = parse_gate(gate) if gate is not None else None
-    incumbent = resolve(engine, settings.model_name, to)
+    incumbent = catalog.resolve(settings.model_name, to)
     current = incumbent.tag if incumbent.alias is not None else None
     if current == tag:
         console.print(f"{to} already points at {tag}", highlight=False)
@@ -304,14 +338,14 @@ def models_promote(
                 f"first (`scorebox models alias {to} TAG`) or give a gate with a number"
             )
         if labels is not None and current is not None:
-            result = _compare(engine, settings, current, tag, table, labels)
+            result = _compare(catalog, settings, current, tag, table, labels)
             _print_comparison(result)
             mine = {m: v[1] for m, v in result.metrics.items()}
             theirs: dict[str, float] | None = {m: v[0] for m, v in result.metrics.items()}
             where = f"on {result.labelled_rows:,} labelled rows of {result.table}"
         else:
-            mine = _info(engine, tag).metrics
-            theirs = _info(engine, current).metrics if current else None
+            mine = catalog.info(tag).metrics
+            theirs = catalog.info(current).metrics if current else None
             where = "on the training holdouts"
         passed, said = parsed.check(mine, theirs)
         if not passed:
@@ -320,5 +354,5 @@ def models_promote(
             )
             raise typer.Exit(1)
         reason = f"{said} ({where})"
-    set_alias(engine, to, tag, reason=f"promote: {reason}")
+    set_alias(catalog, to, tag, reason=f"promote: {reason}")
     console.print(f"promoted {tag} to {to} (was {current or 'unset'}): {reason}", highlight=False)
