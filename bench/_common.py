@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="scorebox-bench-"))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# The signing key training creates, and the keys the benches trust: this run's own.
+os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="scorebox-bench-config-"))
 
 from scorebox.db import make_engine
 from scorebox.migrate import create_database_if_missing, upgrade

@@ -268,15 +268,8 @@ class Catalog:
     def local(self, tag: str) -> Version:
         """Version ``tag``'s files in the local store, verified; imported from the registry
         first when the store lacks them (or holds an import that no longer verifies)."""
-        import bentoml
-        from bentoml.exceptions import NotFound
-
-        try:
-            stored = bentoml.models.get(tag)
-        except NotFound:
-            stored = None
-        if stored is not None:
-            folder = Path(stored.path)
+        folder = _folder(tag)
+        if folder is not None:
             try:
                 version = Version(tag, folder, verify(_read_signature(folder), tag, self.trusted))
                 self._touch(tag)
@@ -289,9 +282,6 @@ class Catalog:
         return self._import(tag)
 
     def _import(self, tag: str) -> Version:
-        import bentoml
-        from bentoml.exceptions import NotFound
-
         if self.engine is None or not self.ready():
             raise ModelError(
                 f"no model {tag} in the BentoML store; run `scorebox train` or set "
@@ -325,36 +315,34 @@ class Catalog:
                 "tampered",
             )
         with _store_lock():
-            try:
-                stored = bentoml.models.get(tag)  # imported while this process waited
-                folder = Path(stored.path)
+            folder = _folder(tag)
+            if folder is not None:  # imported while this process waited
                 return Version(tag, folder, verify(_read_signature(folder), tag, self.trusted))
-            except NotFound:
-                pass
             staging = Path(tempfile.mkdtemp(prefix=".scorebox-import-", dir=_home()))
             try:
                 extract(data, manifest, staging / "files", self.limits)
                 (staging / "files" / SIGNATURE_FILE).write_text(envelope)
-                store = _model_store()
-                with store.register(tag) as target:
+                with _model_store().register(tag) as target:
                     for item in (staging / "files").iterdir():
-                        os.replace(item, Path(target) / item.name)
+                        shutil.move(item, Path(target) / item.name)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._touch(tag, imported=True)
             self._prune(keep_also=tag)
-        stored = bentoml.models.get(tag)
-        return Version(tag, Path(stored.path), manifest)
+        folder = _folder(tag)
+        if folder is None:
+            raise ModelError(f"{tag} was imported, but is not in the store now")
+        return Version(tag, folder, manifest)
 
     def _index(self) -> dict[str, float]:
         try:
-            data = json.loads((_home() / _IMPORTS_INDEX).read_text())
+            data = json.loads((_store_dir() / _IMPORTS_INDEX).read_text())
             return {str(k): float(v) for k, v in data.items()}
         except (OSError, ValueError, AttributeError, TypeError):
             return {}
 
     def _write_index(self, index: dict[str, float]) -> None:
-        path = _home() / _IMPORTS_INDEX
+        path = _store_dir() / _IMPORTS_INDEX
         temporary = path.with_name(path.name + f".{os.getpid()}")
         temporary.write_text(json.dumps(index))
         os.replace(temporary, path)
@@ -569,10 +557,32 @@ def _model_store() -> Any:
     return BentoMLContainer.model_store.get()
 
 
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def _folder(tag: str) -> Path | None:
+    """Version ``tag``'s folder in the model store, if there is one (found without parsing its
+    model.yaml: what is trusted of a version comes from its signature)."""
+    name, _, version = tag.partition(":")
+    if not _NAME.match(name) or not VERSION.match(version):
+        return None
+    folder = _store_dir() / name / version
+    return folder if folder.is_dir() else None
+
+
+def _store_dir() -> Path:
+    """The model store's folder (where BentoML keeps one folder a model name; files there are
+    not models to it)."""
+    folder = Path(_model_store()._path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @contextmanager
 def _store_lock() -> Iterator[None]:
-    """One importer at a time per BentoML store (the service's workers start together)."""
-    with (_home() / ".scorebox-import.lock").open("w") as lock:
+    """One importer at a time per model store (the service's workers start together, and
+    servers may share a store)."""
+    with (_store_dir() / ".scorebox-import.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -365,6 +365,6 @@ def signing_key(path: Path, trusted_folder: Path | None, create: bool) -> Ed2551
             where = (
                 f"; its public key is trusted from {add_trusted(trusted_folder, key.public_key())}"
             )
-        log.warning("created a signing key at %s%s", path, where)
+        log.info("created a signing key at %s%s", path, where)
         return key
     return load_key(path)

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # Refusals remembered (so a bad version is not loaded again and again), the most recent first.
 REFUSED_KEPT = 64
-# How long a job's pin is believed, and a version no job pins is refused without asking again.
+# How long a job's pin is believed before the jobs table is asked again (a version no job pins
+# is asked about every time: a stale "no" would fail the chunks of a job just submitted).
 PIN_CHECK_SECONDS = 5.0
 
 refusals = Counter(
@@ -163,10 +164,11 @@ class Following:
 
     def check(self) -> None:
         """One poll: switch when the reference points somewhere new, loadable and compatible."""
-        resolved = self.catalog.resolve(self.name, self.ref)
+        self.catalog.trusted.keys()  # read again if the trusted keys changed
         if self.catalog.trusted.generation != self._trust:  # keys rotated: try refusals again
             self._trust = self.catalog.trusted.generation
             self.refused.clear()
+        resolved = self.catalog.resolve(self.name, self.ref)
         if self.alias is not None and resolved.alias is None:
             self.error = f"alias {self.alias} no longer exists; still serving {self.target}"
             return
@@ -234,7 +236,8 @@ class Pinned:
         self.retry = retry
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
         self._refused: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._pins: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._pins: OrderedDict[str, float] = OrderedDict()  # pinned by a job, seen when
+        self._trust = catalog.trusted.generation
         self._lock = threading.Lock()
         # One load at a time: requests naming many versions cost one thread, not every core.
         self._loading = threading.Lock()
@@ -245,8 +248,8 @@ class Pinned:
             return True
         with self._lock:
             known = self._pins.get(tag)
-            if known is not None and time.monotonic() - known[1] < PIN_CHECK_SECONDS:
-                return known[0]
+            if known is not None and time.monotonic() - known < PIN_CHECK_SECONDS:
+                return True
         engine = self.catalog.engine
         pinned = False
         if engine is not None:
@@ -260,10 +263,11 @@ class Pinned:
                     ).first()
                     is not None
                 )
-        with self._lock:
-            self._pins[tag] = (pinned, time.monotonic())
-            while len(self._pins) > REFUSED_KEPT:
-                self._pins.popitem(last=False)
+        if pinned:
+            with self._lock:
+                self._pins[tag] = time.monotonic()
+                while len(self._pins) > REFUSED_KEPT:
+                    self._pins.popitem(last=False)
         return pinned
 
     def get(self, tag: str) -> Predictor:
@@ -272,10 +276,14 @@ class Pinned:
         name, _, version = tag.partition(":")
         if name != self.name or not VERSION.match(version):
             raise ModelError(f"{tag[:200]!r} is not a version of {self.name} (name:version)")
+        self.catalog.trusted.keys()  # read again if the trusted keys changed
         with self._lock:
             if tag in self._loaded:
                 self._loaded.move_to_end(tag)
                 return self._loaded[tag]
+            if self.catalog.trusted.generation != self._trust:  # keys rotated
+                self._trust = self.catalog.trusted.generation
+                self._refused.clear()
             refused = self._refused.get(tag)
             if refused is not None and time.monotonic() - refused[1] < self.retry:
                 raise ModelError(refused[0])

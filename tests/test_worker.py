@@ -287,7 +287,7 @@ def test_job_for_a_version_the_service_cannot_load_fails_instead_of_mixing(
         job = wait_for(engine, scoring, job_id)
     assert job["status"] == "failed"
     # The job is pinned to a version the service cannot load: it fails, nothing is mixed.
-    assert "cannot serve served:older: no model served:older" in job["error"]
+    assert "409 to /v1/predict/arrow: cannot serve served:older: " in job["error"]
     assert predictions(engine).empty
 
 

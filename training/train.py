@@ -24,7 +24,7 @@ from scorebox.features import resolve_schema
 from scorebox.modelinfo import ModelInfo
 from scorebox.profile import reference, score_of
 from scorebox.settings import Settings
-from scorebox.signing import key_id, signing_key
+from scorebox.signing import key_id, load_key, signing_key
 from training import data
 from training.compile import Compiled, compile_model
 from training.evaluate import evaluate
@@ -101,12 +101,10 @@ def train(
 ) -> TrainResult:
     """Train on the configured table, sign and register the model; ``step`` hears about
     progress."""
-    # The key first: a missing or unreadable key says so before minutes of fitting.
-    key = signing_key(
-        settings.signing_key_path,
-        settings.default_trust_folder,
-        create=settings.signing_key is None,
-    )
+    # A configured key first: missing or unreadable, it says so before minutes of fitting. The
+    # default key is created only when there is a model to sign.
+    create = settings.signing_key is None and not settings.signing_key_path.exists()
+    key = None if create else load_key(settings.signing_key_path)
     step(f"reading {settings.feature_table}")
     with engine.connect() as conn:
         schema = resolve_schema(conn, settings)
@@ -181,6 +179,11 @@ def train(
         Path(model.path) / "report", str(model.tag), info, pipeline, x_test, y_test
     )
     step(f"signing {model.tag}")
+    created = ""
+    if key is None:
+        key = signing_key(settings.signing_key_path, settings.default_trust_folder, create=True)
+        trusted = settings.default_trust_folder
+        created = f"; created now{f', trusted from {trusted}' if trusted else ''}"
     seal(model, key)
     catalog = Catalog.from_settings(settings, engine)
     if catalog.ready():
@@ -192,7 +195,7 @@ def train(
             "not recorded in the database: its tables are missing; run `scorebox db upgrade`, "
             f"then `scorebox models push {model.tag}`"
         )
-    signed = f"signed with key {key_id(key.public_key())} ({settings.signing_key_path})"
+    signed = f"key {key_id(key.public_key())} ({settings.signing_key_path}{created})"
     return TrainResult(
         tag=str(model.tag), info=info, report=report, registry=registered, signed=signed
     )

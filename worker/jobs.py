@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from scorebox.catalog import Catalog
 from scorebox.db import Tables, reflect, utcnow
-from scorebox.errors import ScoreboxError
+from scorebox.errors import ModelError, ScoreboxError
 from scorebox.features import KeyKind, check_keys, resolve_key
 from scorebox.names import TableName, require_column, resolve_table
 from scorebox.profile import Drift
@@ -228,7 +228,10 @@ def _pinned_version(catalog: Catalog, name: str, ref: str, service_url: str) -> 
             f"its versions or aliases (`scorebox models list`), or serve {given}"
         )
     tag = catalog.resolve(name, ref).tag
-    catalog.info(tag)  # it must exist, verify and be readable
+    try:
+        catalog.info(tag)  # it must exist, verify and be readable
+    except ModelError as exc:
+        raise ModelError(f"--model: {exc}") from None
     return tag
 
 
