@@ -19,9 +19,10 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,8 @@ class Catalog:
                 if not self._imported(tag):
                     raise  # training's own copy: the operator's to look at, never removed
                 log.warning("removing %s from the local store: it no longer verifies", tag)
-                self._forget(tag)
+                with _store_lock():
+                    self._forget(tag)
         return self._import(tag)
 
     def _import(self, tag: str) -> Version:
@@ -334,6 +336,14 @@ class Catalog:
             raise ModelError(f"{tag} was imported, but is not in the store now")
         return Version(tag, folder, manifest)
 
+    def discard(self, tag: str) -> None:
+        """Remove version ``tag`` from the local store if this catalog imported it (one of its
+        files did not verify: the next use imports it again); training's own copy stays."""
+        if self._imported(tag):
+            log.warning("removing %s from the local store: its files do not verify", tag)
+            with _store_lock():
+                self._forget(tag)
+
     def _index(self) -> dict[str, float]:
         try:
             data = json.loads((_store_dir() / _IMPORTS_INDEX).read_text())
@@ -352,23 +362,24 @@ class Catalog:
 
     def _touch(self, tag: str, imported: bool = False) -> None:
         """Note that an imported version was used now (the least recently used go first)."""
-        index = self._index()
-        if tag in index or imported:
-            index[tag] = time.time()
-            try:
+        if not imported and tag not in self._index():
+            return  # training's own copy, or a Bento's: never pruned
+        try:
+            with _store_lock():
+                index = self._index()
+                index[tag] = time.time()
                 self._write_index(index)
-            except OSError as exc:
-                log.warning("cannot record the use of %s in the store: %s", tag, exc.strerror)
+        except OSError as exc:
+            log.warning("cannot record the use of %s in the store: %s", tag, exc.strerror)
 
     def _forget(self, tag: str) -> None:
-        import bentoml
-        from bentoml.exceptions import NotFound
-
-        with suppress(NotFound):
-            bentoml.models.delete(tag)
-        index = self._index()
-        index.pop(tag, None)
-        self._write_index(index)
+        with _store_lock():
+            folder = _folder(tag)
+            if folder is not None:  # BentoML finds another `latest` when this one is gone
+                shutil.rmtree(folder, ignore_errors=True)
+            index = self._index()
+            index.pop(tag, None)
+            self._write_index(index)
 
     def _prune(self, keep_also: str) -> None:
         """Remove the least recently used imported versions past ``keep``."""
@@ -578,13 +589,25 @@ def _store_dir() -> Path:
     return folder
 
 
+_held = threading.local()
+
+
 @contextmanager
 def _store_lock() -> Iterator[None]:
-    """One importer at a time per model store (the service's workers start together, and
-    servers may share a store)."""
-    with (_store_dir() / ".scorebox-import.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """One writer at a time per model store (the service's workers start together, and servers
+    may share a store); a thread that holds it may take it again."""
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
         try:
             yield
         finally:
+            _held.depth -= 1
+        return
+    with (_store_dir() / ".scorebox-import.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
             fcntl.flock(lock, fcntl.LOCK_UN)

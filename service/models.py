@@ -85,7 +85,12 @@ def load_predictor(catalog: Catalog, tag: str, name: str) -> Predictor:
     and one prediction of a row of missing values that gives one finite answer."""
     if tag.partition(":")[0] != name:
         raise ModelError(f"{tag} is not a version of {name}, the model this service serves")
-    predictor = Predictor.load(catalog.local(tag))
+    version = catalog.local(tag)
+    try:
+        predictor = Predictor.load(version)
+    except TrustError:
+        catalog.discard(tag)  # an import damaged on disk: imported again next time
+        raise
     with threadpool_limits(1):
         answers = predictor.answers(np.full((1, len(predictor.features)), np.nan))
     value = answers[0]["prediction"] if len(answers) == 1 else None

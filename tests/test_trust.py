@@ -15,6 +15,7 @@ import json
 import lzma
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,7 +34,7 @@ from sqlalchemy import Engine, text
 
 from scorebox.db import make_engine
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, serving
+from scorebox.processes import BIN, free_port, serving, stop
 from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
 from scorebox.signing import create_key, public_path, sign
@@ -61,12 +62,11 @@ class Registry:
 
 
 def _env(registry: Registry, **extra: str) -> dict[str, str]:
-    return process_env(
-        registry.settings,
-        SCOREBOX_TRUSTED_KEYS=str(registry.trusted),
-        SCOREBOX_SIGNING_KEY=str(registry.key_a),
-        **extra,
-    )
+    keys = {
+        "SCOREBOX_TRUSTED_KEYS": str(registry.trusted),
+        "SCOREBOX_SIGNING_KEY": str(registry.key_a),
+    }
+    return process_env(registry.settings, **(keys | extra))
 
 
 def _cli(registry: Registry, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -381,7 +381,7 @@ def test_a_moved_alias_cannot_switch_a_service_to_an_unsigned_version_and_keys_r
 
 
 def test_audit_fields_are_the_databases_and_a_malformed_row_is_shown_as_unreadable(
-    registry: Registry,
+    registry: Registry, tmp_path: Path
 ) -> None:
     from scorebox.catalog import Catalog
 
@@ -413,6 +413,38 @@ def test_audit_fields_are_the_databases_and_a_malformed_row_is_shown_as_unreadab
     shown = _cli(registry, "models", "show", bad)
     assert shown.returncode == 1 and "signature is malformed" in shown.stderr
     assert len(shown.stderr.strip().splitlines()) == 1
+
+    # The dashboard shows it refused, and what it shows of the others comes from signatures.
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(BIN / "scorebox"), "dashboard", "--port", str(port)],
+            env=_env(registry),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx.get(url, timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert page.status_code == 200, page.text
+        assert f"{bad}" in page.text and "Refused, never loaded" in page.text
+        assert "signature is malformed" in page.text
+        plot = httpx.get(f"{url}/models/{registry.v1}/evaluation.png", timeout=30)
+        assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
+        refused = httpx.get(f"{url}/models/{bad}/evaluation.png", timeout=30)
+        assert refused.status_code == 409 and "malformed" in refused.text
+    finally:
+        stop(process)
+    assert "Traceback" not in log.read_text()
 
 
 # --- crafted archives, refused within bounded memory and time ------------------------------
@@ -609,3 +641,108 @@ def test_crafted_archives_are_refused_in_bounded_memory_and_time(
     )
     assert not any(p.name.startswith("case-") for p in (home / "models").glob("*/*"))
     assert not list(home.glob(".scorebox-import-*"))
+
+
+def test_keys_are_created_listed_and_never_overwritten(registry: Registry, tmp_path: Path) -> None:
+    key = tmp_path / "new" / "key.pem"
+    created = _cli(registry, "keys", "create", "--out", str(key))
+    assert created.returncode == 0, created.stderr
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert public_path(key).read_text().startswith("scorebox-ed25519 ")
+    again = _cli(registry, "keys", "create", "--out", str(key))
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    listed = _cli(registry, "keys", "list", SCOREBOX_SIGNING_KEY=str(key))
+    assert listed.returncode == 0, listed.stderr
+    assert str(registry.trusted) in listed.stdout and "NOT trusted here" in listed.stdout
+    trusting = _cli(
+        registry,
+        "keys",
+        "list",
+        SCOREBOX_SIGNING_KEY=str(key),
+        SCOREBOX_TRUSTED_KEYS=f"{registry.trusted},{public_path(key)}",
+    )
+    assert "trusted here" in trusting.stdout and "NOT" not in trusting.stdout
+    missing = _cli(registry, "train", SCOREBOX_SIGNING_KEY=str(tmp_path / "nope.pem"))
+    assert missing.returncode == 1 and "SCOREBOX_SIGNING_KEY: no key at" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_cannot_be_exported_is_served_from_its_signed_pickle(
+    registry: Registry, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from scorebox.catalog import Catalog, Version
+    from scorebox.signing import TrustedKeys, folder_files, load_key, verify
+    from service.predict import Predictor
+
+    catalog = Catalog.from_settings(registry.settings, registry.engine)
+    exported = Predictor.load(catalog.local(registry.v1))
+    assert exported.compiled
+    folder = tmp_path / "copy"
+    shutil.copytree(catalog.local(registry.v1).path, folder)
+    (folder / "model.onnx").unlink()
+    metadata = dict(catalog.local(registry.v1).manifest.metadata)
+    metadata["scoring"], metadata["compiled_sha256"] = {}, ""
+    envelope = sign(load_key(registry.key_a), registry.v1, folder_files(folder), metadata)
+    manifest = verify(envelope, registry.v1, TrustedKeys(str(registry.trusted)))
+    pickled = Predictor.load(Version(registry.v1, folder, manifest))
+    assert not pickled.compiled
+    rows = np.random.default_rng(0).normal(size=(50, len(exported.features))) * 10 + 20
+    np.testing.assert_allclose(pickled.run(rows)[1], exported.run(rows)[1], rtol=1e-9, atol=0)
+
+
+_STORE_CHILD = """
+import json, sys
+from pathlib import Path
+from scorebox.settings import load_settings
+from scorebox.db import make_engine
+from scorebox.catalog import Catalog, _folder
+from scorebox.errors import TrustError
+from service.models import load_predictor
+
+settings = load_settings()
+catalog = Catalog.from_settings(settings, make_engine(settings.database_url))
+old, new = sys.argv[1:]
+seen = {}
+load_predictor(catalog, old, "trust")
+seen["old_imported"] = _folder(old) is not None
+load_predictor(catalog, new, "trust")
+seen["old_evicted"] = _folder(old) is None
+folder = _folder(new)
+data = (folder / "model.onnx").read_bytes()
+(folder / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+try:
+    load_predictor(catalog, new, "trust")
+    seen["damaged"] = "loaded"
+except TrustError as exc:
+    seen["damaged"] = exc.reason
+seen["damaged_removed"] = _folder(new) is None
+seen["reimported"] = load_predictor(catalog, new, "trust").tag == new
+print(json.dumps(seen))
+"""
+
+
+def test_the_store_keeps_few_imports_and_imports_a_damaged_one_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    from training import train
+
+    newer = train(registry.settings, registry.engine).tag
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _STORE_CHILD, registry.v1, newer],
+        env=_env(registry, BENTOML_HOME=str(home), SCOREBOX_MODEL_STORE_KEEP="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "old_imported": True,
+        "old_evicted": True,
+        "damaged": "tampered",
+        "damaged_removed": True,
+        "reimported": True,
+    }
