@@ -3,7 +3,7 @@ kubelet would run it: the argv, the environment with every reference resolved, t
 (read-only root, emptyDirs, files from ConfigMaps and Secrets), the probes and the grace period.
 
 The manifest tests check the description; the container test runs it with a real engine
-(:meth:`Container.docker_run`) or as a local process.
+(:class:`DockerRun`) or as a local process.
 """
 
 from __future__ import annotations

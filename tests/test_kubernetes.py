@@ -39,6 +39,7 @@ from tests.kube import (
     pod_template,
     render,
 )
+from worker import health
 
 # Kubernetes versions the objects must be valid for: the oldest the manifests use features of
 # (the preStop sleep action is on by default from 1.30) and the newest kubernetes-validate knows.
@@ -533,7 +534,6 @@ def test_every_command_and_probe_the_manifests_run_exists(
 
     from scorebox.cli import app
     from service.front import HEALTH_PATHS
-    from worker import health
 
     scorebox_cli = typer.main.get_command(app)
     seen = set()
@@ -678,11 +678,11 @@ def test_the_container_description_is_what_the_kubelet_would_run(
 
 
 class _Proxy:
-    """A TCP forwarder to PostgreSQL that can be taken away (connections refused and cut) and
+    """A TCP forwarder to a server that can be taken away (connections refused and cut) and
     brought back on the same port."""
 
-    def __init__(self, port: int) -> None:
-        self.target = (PG_HOST, port)
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.up = threading.Event()
@@ -746,17 +746,21 @@ def _until(condition: Any, timeout: float) -> bool:
 
 
 @pytest.mark.slow
-def test_worker_probes_pass_when_healthy_and_readiness_fails_while_postgres_is_away(
+def test_worker_probes_pass_when_healthy_and_readiness_fails_while_postgres_or_redis_is_away(
     rendered: dict[str, list[Manifest]],
     database: str,
     redis_url: str,
     tmp_path: Path,
 ) -> None:
-    proxy = _Proxy(5432)
+    proxy, broker = _Proxy(PG_HOST, 5432), _Proxy("127.0.0.1", 6379)
     url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}"
+    redis_db = redis_url.rsplit("/", 1)[1]
     secrets = SECRETS | {
         "scorebox-secrets": SECRETS["scorebox-secrets"]
-        | {"worker-database-url": url, "redis-url": redis_url}
+        | {
+            "worker-database-url": url,
+            "redis-url": f"redis://127.0.0.1:{broker.port}/{redis_db}",
+        }
     }
     worker = Cluster(rendered["keda"], secrets).container("Deployment/scorebox-worker", "worker")
     base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
@@ -786,11 +790,25 @@ def test_worker_probes_pass_when_healthy_and_readiness_fails_while_postgres_is_a
         assert ready.failure_threshold == 1
         proxy.back()
         assert _until(lambda: _probe_passes(worker, "readiness", env), 30)
+        # A broker blip: unready while it lasts, alive throughout, and the event loop's file is
+        # touched again once the worker reconnected.
+        live = tmp_path / health.LIVE
+        broker.away()
+        assert _until(lambda: not _probe_passes(worker, "readiness", env), 40)
+        assert _probe_passes(worker, "liveness", env)
+        broker.back()
+        back = time.time()
+        assert _until(lambda: _probe_passes(worker, "readiness", env), 60)
+        assert _until(lambda: live.stat().st_mtime > back, 30), (
+            tmp_path / "worker.log"
+        ).read_text()[-3000:]
+        assert _probe_passes(worker, "liveness", env)
         assert process.poll() is None
     finally:
         stop(process)
         log.close()
         proxy.close()
+        broker.close()
     # Stopped: it says so to its probes at once.
     assert not _probe_passes(worker, "readiness", env)
 
