@@ -115,3 +115,29 @@ def test_unreachable_database_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=expected):
         wait_for_database(engine, timeout=0.5, interval=0.1)
     engine.dispose()
+
+
+def test_db_check_waits_for_the_migration_then_passes(
+    settings: Settings, engine: Engine, env: dict[str, str]
+) -> None:
+    import subprocess
+    import threading
+    import time
+
+    from scorebox.processes import BIN
+
+    check = [str(BIN / "scorebox"), "db", "check"]
+    done = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "scorebox's tables are missing: run `scorebox db upgrade`" in done.stderr
+    # A pod's init step waits for the migration Job: the check passes once it ran.
+    migration = threading.Timer(3, upgrade, (engine, settings.predictions_table))
+    migration.start()
+    started = time.monotonic()
+    done = subprocess.run(
+        [*check, "--wait", "60"], env=env, capture_output=True, text=True, timeout=90
+    )
+    migration.join()
+    assert done.returncode == 0, done.stderr
+    assert "schema is up to date" in done.stdout and "waiting:" in done.stderr
+    assert 3 <= time.monotonic() - started < 30

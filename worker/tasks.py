@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
-from worker import schedule
+from worker import health, schedule
 from worker.celery_app import SCORE_CHUNK, app, chunk_sender
 from worker.chunks import is_transient, run_chunk
 from worker.client import ServiceClient
@@ -127,6 +127,7 @@ def score_new_rows() -> int | None:
 
 
 _sweepers: list[Sweeper] = []
+_probes: list[health.Readiness] = []
 
 
 @worker_ready.connect
@@ -145,7 +146,15 @@ def _start_sweeper(**_: Any) -> None:
     _sweepers.append(sweeper)
 
 
+@worker_ready.connect
+def _start_probes(sender: Any, **_: Any) -> None:
+    """Keep the files the pod's probes read (worker/health.py)."""
+    _probes.extend(health.start(sender, get_settings()))
+
+
 @worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     for sweeper in _sweepers:
         sweeper.stop()
+    for readiness in _probes:
+        readiness.stop()

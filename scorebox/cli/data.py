@@ -1,7 +1,8 @@
-"""Commands on the database and the model: `db upgrade`, `seed`, `train`, `config`."""
+"""Commands on the database and the model: `db upgrade`, `db check`, `seed`, `train`, `config`."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ from scorebox.cli.app import (
 )
 from scorebox.db import make_engine
 from scorebox.errors import ScoreboxError
-from scorebox.migrate import create_database_if_missing, upgrade, wait_for_database
+from scorebox.migrate import check_schema, create_database_if_missing, upgrade, wait_for_database
 from scorebox.settings import Settings, described, get_settings
 
 
@@ -39,6 +40,31 @@ def db_upgrade() -> None:
     if upgrade(engine, settings.predictions_table, settings.feature_table):
         console.print(f"created predictions table {settings.predictions_table}", highlight=False)
     console.print(f"schema is up to date ({engine.url.render_as_string(hide_password=True)})")
+
+
+@db_app.command("check", epilog=EPILOG)
+@friendly
+def db_check(
+    wait: Annotated[
+        float, typer.Option(help="Seconds to keep trying while the schema is not there yet.")
+    ] = 0.0,
+) -> None:
+    """Exit 0 once scorebox's tables are at this version's schema (what `db upgrade` makes), 1
+    with the reason otherwise: a pod's init step waits with it for the migration Job."""
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            wait_for_database(engine)
+            check_schema(engine, settings.predictions_table)
+            break
+        except ScoreboxError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            err.print(f"waiting: {exc}", highlight=False)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    console.print("schema is up to date")
 
 
 def seed_table(
