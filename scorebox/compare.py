@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -48,6 +49,9 @@ class Comparison:
     mean_b: float
     labels: str | None = None
     labelled_rows: int = 0
+    excluded: int = 0  # rows left out because a or b trained on them
+    training_rows_known: bool = False  # whether a and b said which rows they trained on
+    only_training_rows: bool = False  # every row both scored was a training row: kept, flagged
     # metric -> (value for a, value for b, b - a, ci low, ci high)
     metrics: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
     report: Path | None = None
@@ -56,18 +60,30 @@ class Comparison:
     scores_b: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
 
+def _keys(info: ModelInfo) -> list[str]:
+    """The classes as the predictions table writes them (``true``, ``1``, ``Adelie``)."""
+    return [label_text(c) for c in info.classes or []]
+
+
 def _scores(frame: pd.DataFrame, suffix: str, info: ModelInfo) -> np.ndarray:
     """The number each row is judged by: the positive class's probability (two classes), the
     predicted class's probability (more), or the predicted value (regression)."""
     if info.task == "regression":
         return frame[f"predicted_value{suffix}"].to_numpy(dtype=np.float64)
     if len(info.classes or []) == 2:
-        positive = str((info.classes or [])[1])
-        return np.array(
-            [_probabilities(p).get(positive, np.nan) for p in frame[f"probabilities{suffix}"]],
-            dtype=np.float64,
-        )
+        return _probability_matrix(frame, suffix, _keys(info))[:, 1]
     return frame[f"probability{suffix}"].to_numpy(dtype=np.float64)
+
+
+def _probability_matrix(frame: pd.DataFrame, suffix: str, keys: list[str]) -> np.ndarray:
+    """Every class's probability, a column a class in the model's order."""
+    return np.array(
+        [
+            [p.get(k, np.nan) for k in keys]
+            for p in map(_probabilities, frame[f"probabilities{suffix}"])
+        ],
+        dtype=np.float64,
+    ).reshape(len(frame), len(keys))
 
 
 def _probabilities(value: Any) -> dict[str, float]:
@@ -87,8 +103,11 @@ def psi(expected: np.ndarray, actual: np.ndarray, probability: bool = False) -> 
 
 
 def _metric_functions(info: ModelInfo) -> dict[str, Any]:
+    """The metrics training reports for the task, each a function of (true labels, predicted
+    labels, scores, probability matrix)."""
     from sklearn.metrics import (
         accuracy_score,
+        log_loss,
         mean_absolute_error,
         r2_score,
         roc_auc_score,
@@ -97,15 +116,22 @@ def _metric_functions(info: ModelInfo) -> dict[str, Any]:
 
     if info.task == "regression":
         return {
-            "rmse": lambda y, label, score: root_mean_squared_error(y, score),
-            "mae": lambda y, label, score: mean_absolute_error(y, score),
-            "r2": lambda y, label, score: r2_score(y, score),
+            "rmse": lambda y, label, score, proba: root_mean_squared_error(y, score),
+            "mae": lambda y, label, score, proba: mean_absolute_error(y, score),
+            "r2": lambda y, label, score, proba: r2_score(y, score),
         }
-    chosen: dict[str, Any] = {"accuracy": lambda y, label, score: accuracy_score(y, label)}
-    if len(info.classes or []) == 2:
-        positive = str((info.classes or [])[1])
-        chosen["roc_auc"] = lambda y, label, score: roc_auc_score(y == positive, score)
-    return chosen
+    keys = _keys(info)
+    if len(keys) == 2:
+        roc_auc = lambda y, label, score, proba: roc_auc_score(y == keys[1], score)  # noqa: E731
+    else:
+        roc_auc = lambda y, label, score, proba: roc_auc_score(  # noqa: E731
+            y, proba, multi_class="ovr", labels=keys
+        )
+    return {
+        "roc_auc": roc_auc,
+        "accuracy": lambda y, label, score, proba: accuracy_score(y, label),
+        "log_loss": lambda y, label, score, proba: log_loss(y, proba, labels=keys),
+    }
 
 
 def _class_text(value: Any, known: set[str]) -> str:
@@ -156,8 +182,11 @@ def compare(
     id_column: str,
     labels: str | None = None,
     random_state: int = 0,
+    trained: set[str] | None = None,
 ) -> Comparison:
-    """Compare versions ``a`` and ``b`` on the rows of ``table`` both have predictions for."""
+    """Compare versions ``a`` and ``b`` on the rows of ``table`` both have predictions for,
+    leaving out the rows either trained on (``trained``, ids as text) unless no other row is
+    left (then they are kept and the result says so)."""
     if info_a.task != info_b.task:
         raise ScoreboxError(f"{a} is {info_a.task} and {b} is {info_b.task}: nothing to compare")
     predictions = Tables.build(predictions_table).predictions
@@ -193,6 +222,14 @@ def compare(
             f"no row of {name} has predictions from both {a} and {b}; score it with each "
             f"(`scorebox score --table {table} --model ...`)"
         )
+    excluded, only_training_rows = 0, False
+    if trained:
+        learnt = frame["row_id"].isin(trained).to_numpy()
+        if learnt.all():
+            only_training_rows = True
+        else:
+            excluded = int(learnt.sum())
+            frame = frame[~learnt].reset_index(drop=True)
     score_a, score_b = _scores(frame, "_a", info_a), _scores(frame, "_b", info_b)
     from scipy.stats import ks_2samp
 
@@ -203,7 +240,7 @@ def compare(
     else:
         agreement = float(np.mean(frame["predicted_label_a"] == frame["predicted_label_b"]))
         score_name = (
-            f"probability of {info_a.classes[1]}"
+            f"probability of {label_text(info_a.classes[1])}"
             if len(info_a.classes or []) == 2
             else "probability of the predicted class"
         )
@@ -220,6 +257,9 @@ def compare(
         mean_a=float(np.nanmean(score_a)),
         mean_b=float(np.nanmean(score_b)),
         labels=labels,
+        excluded=excluded,
+        only_training_rows=only_training_rows,
+        training_rows_known=trained is not None,
         scores_a=score_a,
         scores_b=score_b,
     )
@@ -239,34 +279,36 @@ def _metrics(
 ) -> dict[str, tuple[float, float, float, float, float]]:
     """Each metric for a and b on the labelled rows, b - a, and its bootstrap interval."""
     y = joined["y"].to_numpy()
-    labels = joined["predicted_label_a"].to_numpy(), joined["predicted_label_b"].to_numpy()
-    scores = (
-        joined["score_a"].to_numpy(dtype=np.float64),
-        joined["score_b"].to_numpy(dtype=np.float64),
-    )
+    keys = _keys(info)
+    outputs = [
+        (
+            joined[f"predicted_label_{side}"].to_numpy(),
+            joined[f"score_{side}"].to_numpy(dtype=np.float64),
+            _probability_matrix(joined, f"_{side}", keys) if keys else np.empty((len(y), 0)),
+        )
+        for side in ("a", "b")
+    ]
     rng = np.random.default_rng(random_state)
     found = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a resample of a single class warns; it is skipped
         for metric, function in _metric_functions(info).items():
-            measured = _metric(function, y, labels, scores, rng)
+            measured = _metric(function, y, outputs[0], outputs[1], rng)
             if measured is not None:
                 found[metric] = measured
     return found
 
 
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # predicted labels, scores, probabilities
+
+
 def _metric(
-    function: Any,
-    y: np.ndarray,
-    labels: tuple[np.ndarray, np.ndarray],
-    scores: tuple[np.ndarray, np.ndarray],
-    rng: np.random.Generator,
+    function: Any, y: np.ndarray, a: Outputs, b: Outputs, rng: np.random.Generator
 ) -> tuple[float, float, float, float, float] | None:
     """One metric for a and b, b - a, and its bootstrap interval (None when undefined)."""
-    (label_a, label_b), (score_a, score_b) = labels, scores
     try:
-        value_a = float(function(y, label_a, score_a))
-        value_b = float(function(y, label_b, score_b))
+        value_a = float(function(y, *a))
+        value_b = float(function(y, *b))
     except ValueError:  # e.g. ROC AUC on rows of a single class
         return None
     if not (math.isfinite(value_a) and math.isfinite(value_b)):
@@ -277,8 +319,7 @@ def _metric(
         pick = rng.integers(0, len(y), size)
         try:
             differences.append(
-                function(y[pick], label_b[pick], score_b[pick])
-                - function(y[pick], label_a[pick], score_a[pick])
+                function(y[pick], *(o[pick] for o in b)) - function(y[pick], *(o[pick] for o in a))
             )
         except ValueError:
             continue
@@ -288,14 +329,37 @@ def _metric(
     return value_a, value_b, value_b - value_a, float(low), float(high)
 
 
+def rows_left_out(result: Comparison) -> str:
+    """Which rows were left out, in words."""
+    if result.only_training_rows:
+        return (
+            "ALL OF THEM TRAINING ROWS of one version or both: its metrics flatter what it "
+            "learnt; score rows neither trained on to compare fairly"
+        )
+    if result.excluded:
+        return f"after leaving out {result.excluded:,} rows that one version or both trained on"
+    if not result.training_rows_known:
+        return "which rows the versions trained on is not known"
+    return "none of them a training row of either version"
+
+
 def write_report(result: Comparison, folder: Path) -> Path:
     """``compare-A-vs-B.md`` and its PNG in ``folder``; return the Markdown's path."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".scorebox-write-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ScoreboxError(
+            f"cannot write the report into {str(folder)[:200]!r} (--out): "
+            f"{exc.strerror or exc}; give a folder you can write"
+        ) from None
     stem = f"compare-{result.a}-vs-{result.b}".replace(":", "_").replace("/", "_")
     lines = [
         f"# {result.b} against {result.a}",
         "",
-        f"Table `{result.table}`: {result.rows:,} rows scored by both.",
+        f"Table `{result.table}`: {result.rows:,} rows scored by both, {rows_left_out(result)}.",
         "",
         f"- agreement: **{result.agreement:.2%}**"
         + (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +24,14 @@ from sqlalchemy import (
     Text,
     create_engine,
     func,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.types import TypeEngine
 
-from scorebox.errors import DataError
+from scorebox.errors import ConfigError, DataError
 from scorebox.names import TableName, parse_table
 
 
@@ -52,6 +54,29 @@ MODELS_TABLE = "scorebox_models"
 ALIASES_TABLE = "scorebox_aliases"
 ALIAS_MOVES_TABLE = "scorebox_alias_moves"
 PREDICTION_LOG_TABLE = "scorebox_prediction_log"
+
+
+def database_identity(engine: Engine) -> str:
+    """Which scorebox installation a connection reaches, whatever URL reaches it (``localhost``
+    or ``127.0.0.1``, any role): on PostgreSQL the cluster's identifier and the oid of the jobs
+    table the connection sees (one database may hold several installations, in several schemas);
+    an SQLite file's real path."""
+    if engine.dialect.name != "postgresql":
+        return os.path.realpath(engine.url.database or "")
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT (SELECT system_identifier FROM pg_control_system())::text || ':' || "
+                "to_regclass(:jobs)::oid::text"
+            ),
+            {"jobs": JOBS_TABLE},
+        ).scalar_one()
+    if found is None:
+        raise ConfigError(
+            f"the database has no {JOBS_TABLE} table (SCOREBOX_DATABASE_URL); run "
+            "`scorebox db upgrade`"
+        )
+    return str(found)
 
 
 def normalize_url(url: str) -> str:

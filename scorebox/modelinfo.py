@@ -3,7 +3,10 @@ service and the worker."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +18,9 @@ from scorebox.features import Feature
 FORMAT = 3
 # The file bentoml.sklearn.save_model writes the pickled pipeline to.
 ARTIFACT = "saved_model.pkl"
+# The ids (as text) of the rows the model was fitted on, one a line, gzipped: a comparison
+# leaves them out (scorebox/compare.py).
+TRAINING_ROWS = "training_rows.txt.gz"
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,17 @@ class ModelInfo:
         return [f.name for f in self.features]
 
     def to_metadata(self) -> dict[str, Any]:
-        """The BentoML metadata dict (features as an ordered list, since YAML maps may reorder)."""
+        """The BentoML metadata dict (features as an ordered list, since YAML maps may reorder;
+        the example record as JSON text, since it may hold nulls, which BentoML's metadata
+        cannot). Every value is a string, a finite number, a boolean, a list or a map."""
         data = asdict(self)
         data["features"] = [f.to_dict() for f in self.features]
+        data["example"] = json.dumps(
+            {name: _finite_or_none(value) for name, value in self.example.items()},
+            allow_nan=False,
+        )
         data["scorebox_format"] = FORMAT
+        _check_plain(data, "metadata")
         return data
 
     @classmethod
@@ -79,6 +92,8 @@ class ModelInfo:
         data = {k: v for k, v in metadata.items() if k != "scorebox_format"}
         try:
             data["features"] = [Feature.from_dict(f) for f in data["features"]]
+            if isinstance(data.get("example"), str):
+                data["example"] = json.loads(data["example"])
             info = cls(**data)
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise ModelError(f"model {tag}: its metadata is unreadable ({exc})"[:300]) from None
@@ -87,6 +102,35 @@ class ModelInfo:
         ):
             raise ModelError(f"model {tag}: its metrics are unreadable (not numbers)")
         return info
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse, naming where, a value that metadata cannot hold: None, NaN, an infinity, or a
+    type that is not plain data."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ModelError(f"the model's {where} has a key that is not text: {key!r}")
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ModelError(f"the model's {where} is {value}, which metadata cannot hold")
+    elif value is None or not isinstance(value, str | int | bool):
+        raise ModelError(
+            f"the model's {where} is {type(value).__name__}, which metadata cannot hold"
+        )
+
+
+def training_row_ids(data: bytes) -> set[str]:
+    """The ids in a version's TRAINING_ROWS file (its bytes, already verified)."""
+    return set(gzip.decompress(data).decode().splitlines())
 
 
 def load_pipeline(pickled: bytes) -> Any:

@@ -184,25 +184,14 @@ class Settings(BaseSettings):
                     ) from None
         return value or None
 
-    @property
-    def queue_name(self) -> str:
-        """The Celery queue of this deployment's chunk tasks: SCOREBOX_QUEUE, or one derived
-        from the model name and the database (see :meth:`queue_for`)."""
-        return self.queue_for(self.model_name)
-
-    def queue_for(self, model_name: str) -> str:
-        """The queue of the deployment serving ``model_name`` on this database: deployments that
-        share a Redis (another model, or the same model on a staging database) never take each
-        other's chunks."""
+    def queue_for(self, model_name: str, database: str) -> str:
+        """The queue of the deployment serving ``model_name`` on the database whose identity is
+        ``database`` (scorebox.db.database_identity: which database, however the URL names it
+        and whoever connects): deployments that share a Redis (another model, or the same model
+        on a staging database) never take each other's chunks. SCOREBOX_QUEUE overrides it."""
         if self.queue:
             return self.queue
-        from sqlalchemy.engine import URL, make_url
-
-        url = make_url(self.database_url)
-        # Which database, not who connects: the worker's role and the CLI's share the queue.
-        where = URL.create(url.drivername, None, None, url.host, url.port, url.database, url.query)
-        database = hashlib.sha256(where.render_as_string().encode()).hexdigest()[:8]
-        return f"scorebox.{model_name}.{database}"
+        return f"scorebox.{model_name}.{hashlib.sha256(database.encode()).hexdigest()[:8]}"
 
     @field_validator("queue")
     @classmethod
@@ -299,7 +288,55 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 
+# SCOREBOX_* names that are not settings of scorebox's processes: compose.yaml reads the first
+# two from .env, the test suite the others.
+NOT_SETTINGS = frozenset(
+    {
+        "SCOREBOX_WORKERS",
+        "SCOREBOX_TRAIN_OPTIONS",
+        "SCOREBOX_TEST_PG_HOST",
+        "SCOREBOX_SCREENSHOTS",
+    }
+)
+
+
+def unknown_names(settings: Settings) -> list[tuple[str, str, str | None]]:
+    """(name, where: ``environment`` or ``.env``, the closest setting or None) of every
+    ``SCOREBOX_*`` name that is no setting: a typo that would otherwise be silently ignored."""
+    import difflib
+
+    from dotenv import dotenv_values
+
+    known = sorted(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
+    env_file = settings.model_config.get("env_file")
+    sources = [("environment", list(os.environ))]
+    if env_file and Path(str(env_file)).is_file():
+        sources.append((".env", list(dotenv_values(str(env_file)))))
+    found = []
+    for where, names in sources:
+        for name in names:
+            upper = name.upper()
+            if upper.startswith(ENV_PREFIX) and upper not in known and upper not in NOT_SETTINGS:
+                close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+                found.append((name, where, close[0] if close else None))
+    return found
+
+
+def warn_unknown(settings: Settings) -> None:
+    """Log a warning for each SCOREBOX_* name that is no setting (see :func:`unknown_names`)."""
+    import logging
+
+    for name, where, close in unknown_names(settings):
+        hint = f"; did you mean {close}?" if close else ""
+        logging.getLogger("scorebox.settings").warning(
+            "%s (%s) is not a scorebox setting and is ignored%s", name, where, hint
+        )
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings; only entry points call this, code takes settings as arguments."""
-    return load_settings()
+    """The process-wide settings, with a warning for each SCOREBOX_* name that is no setting;
+    only entry points call this, code takes settings as arguments."""
+    settings = load_settings()
+    warn_unknown(settings)
+    return settings

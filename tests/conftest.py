@@ -15,11 +15,13 @@ from urllib.parse import quote
 _BENTO_HOME = Path(tempfile.mkdtemp(prefix="scorebox-test-bentoml-"))
 os.environ["BENTOML_HOME"] = str(_BENTO_HOME)
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+from scorebox.settings import NOT_SETTINGS  # noqa: E402
+
 # This run's own signing key and trusted keys (the defaults under XDG_CONFIG_HOME, created by the
 # first training), never the machine's.
 CONFIG_HOME = Path(tempfile.mkdtemp(prefix="scorebox-test-config-"))
 os.environ["XDG_CONFIG_HOME"] = str(CONFIG_HOME)
-for _name in [n for n in os.environ if n.startswith("SCOREBOX_")]:
+for _name in [n for n in os.environ if n.startswith("SCOREBOX_") and n not in NOT_SETTINGS]:
     del os.environ[_name]
 
 import psycopg  # noqa: E402

@@ -23,7 +23,7 @@ from scorebox.settings import Settings
 from tests.conftest import PG_HOST, TrainedModel, process_env
 from tests.scoring import assert_exactly_once, env_for, expected_from_model, predictions, wait_for
 from tests.test_service import schemathesis
-from worker.celery_app import chunk_sender, make_app
+from worker.celery_app import chunk_sender, deployment_queue, make_app
 from worker.client import ServiceClient
 from worker.jobs import cancel_job, get_job, submit_job
 
@@ -222,12 +222,12 @@ def test_worker_runs_with_only_the_grants_it_needs_and_a_schedule_with_its_own(
             job = wait_for(engine, scoring, submit_job(engine, scoring, client, enqueue))
             # The schedule's task, as beat sends it: without the grants to record a job it fails,
             # and `scorebox jobs list` says so.
-            app.send_task("scorebox.score_new_rows", queue=scoring.queue_name)
+            app.send_task("scorebox.score_new_rows", queue=deployment_queue(scoring))
             listed = _wait_listed(env, "failed")
             with psycopg.connect(admin, autocommit=True) as c:
                 c.execute(SCHEDULE_GRANTS.format(schema=f'"{schema}"', role=f'"{role}"'))
                 c.execute(f'DELETE FROM "{schema}".predictions WHERE CAST(row_id AS int) <= 10')
-            app.send_task("scorebox.score_new_rows", queue=scoring.queue_name)
+            app.send_task("scorebox.score_new_rows", queue=deployment_queue(scoring))
             scheduled = _wait_listed(env, ": job ")
         app.close()
         assert job["status"] == "succeeded", job

@@ -375,6 +375,7 @@ def test_jobs_pin_the_alias_and_the_challenger_is_compared_and_promoted_by_its_g
             "challenger",
             "--labels",
             "label_f",
+            "--training-rows",
             "--out",
             str(tmp_path / "f"),
         )
@@ -395,6 +396,7 @@ def test_jobs_pin_the_alias_and_the_challenger_is_compared_and_promoted_by_its_g
             "challenger",
             "--labels",
             "target",
+            "--training-rows",
             "--out",
             str(out),
         )
@@ -424,6 +426,7 @@ def test_jobs_pin_the_alias_and_the_challenger_is_compared_and_promoted_by_its_g
         "roc_auc >= champion + 0.5",
         "--labels",
         "target",
+        "--training-rows",
     )
     assert refused.returncode == 1
     assert f"not promoted: roc_auc {expected['roc_auc'][1]:.4f} < champion " in refused.stdout

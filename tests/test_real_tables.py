@@ -36,7 +36,7 @@ from scorebox.seed import PENGUIN_COLUMNS, penguin_batches
 from scorebox.settings import Settings, load_settings
 from tests.conftest import PG_HOST, process_env
 from tests.scoring import env_for, wait_for
-from worker.celery_app import chunk_sender, make_app
+from worker.celery_app import chunk_sender, deployment_queue, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
 from worker.store import make_store
@@ -223,7 +223,7 @@ def _via_job(settings: Settings, engine: Engine, tmp_path: Path, source: str) ->
         SCOREBOX_SERVICE_URL=settings.service_url,
         SCOREBOX_CHUNK_SIZE=str(settings.chunk_size),
         SCOREBOX_ID_COLUMN=ID,
-        SCOREBOX_QUEUE=settings.queue_name,
+        SCOREBOX_QUEUE=deployment_queue(settings),
     )
     app = make_app(settings)
     with (
@@ -471,7 +471,7 @@ def test_rows_the_service_refuses_fail_at_once_without_retries(
         )
     with working(env_for(scoring), tmp_path / "worker.log"):
         for chunk in range(6):
-            enqueue(job_id, chunk, scoring.queue_name)
+            enqueue(job_id, chunk, deployment_queue(scoring))
         job = wait_for(engine, scoring, job_id, timeout=60)
     assert (job["status"], job["rows_failed"], job["rows_scored"]) == (
         "succeeded_with_errors",
@@ -561,7 +561,7 @@ def test_two_deployments_share_redis_and_database_without_taking_each_others_wor
     )
     env_a = env_for(scoring, **fast)
     env_b = env_for(birds, SCOREBOX_ID_COLUMN=ID, **fast)
-    assert scoring.queue_name != birds.queue_name
+    assert deployment_queue(scoring) != deployment_queue(birds)
     app = make_app(scoring)
     send = chunk_sender(app)
     with (
@@ -576,7 +576,9 @@ def test_two_deployments_share_redis_and_database_without_taking_each_others_wor
         # sent again by the example deployment's own sweeper.
         stray = submit_job(engine, scoring, client, lambda *_: None)
         app.send_task(
-            "scorebox.score_chunk", (stray, 0, scoring.queue_name), queue=birds.queue_name
+            "scorebox.score_chunk",
+            (stray, 0, deployment_queue(scoring)),
+            queue=deployment_queue(birds),
         )
         deadline = time.monotonic() + 30
         while "refused" not in (tmp_path / "b.log").read_text() and time.monotonic() < deadline:

@@ -1,11 +1,19 @@
+import os
 import subprocess
 import sys
+import uuid
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from sqlalchemy import Engine, text
 
+from scorebox.db import make_engine
 from scorebox.errors import ConfigError
+from scorebox.migrate import upgrade
 from scorebox.names import TableName, parse_table
-from scorebox.settings import load_settings
+from scorebox.processes import BIN
+from scorebox.settings import Settings, load_settings
 
 
 def test_settings_read_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,16 +79,49 @@ def test_any_name_the_database_could_hold_is_accepted_as_written() -> None:
     assert parse_table('"my.table"') == TableName(None, "my.table")
     assert parse_table('a."b""c"') == TableName("a", 'b"c')
     assert str(TableName("ml", "my.table")) == 'ml."my.table"'
-    churn = load_settings(model_name="churn", database_url="postgresql://u:secret@db:5432/prod")
-    staging = churn.model_copy(update={"database_url": "postgresql://u@db:5432/staging"})
-    assert churn.queue_name.startswith("scorebox.churn.")
-    assert staging.queue_name != churn.queue_name  # same model, another database
-    assert churn.queue_for("other") != churn.queue_name
-    # The worker's role and the CLI's reach one database: one queue, and no secret in its name.
-    worker = churn.model_copy(update={"database_url": "postgresql://worker:pw@db:5432/prod"})
-    assert worker.queue_name == churn.queue_name
-    assert "secret" not in churn.queue_name
-    assert churn.model_copy(update={"queue": "mine"}).queue_name == "mine"
+
+
+def test_the_queue_is_the_databases_however_its_url_names_it(
+    database: str, schema: str, engine: Engine
+) -> None:
+    from worker.celery_app import deployment_queue
+
+    upgrade(engine, "predictions")
+    path = quote(f"-csearch_path={schema}")
+
+    def settings(url: str, **more: str) -> Settings:
+        return load_settings(model_name="churn", database_url=f"{url}?options={path}", **more)
+
+    here = settings(f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+    queue = deployment_queue(here)
+    assert queue.startswith("scorebox.churn.")
+    # The same tables by another host name, driver spelling or role: the same queue.
+    for same in (
+        f"postgresql://postgres@localhost:5432/{database}",
+        f"postgresql+psycopg://postgres:ignored@localhost/{database}",
+    ):
+        assert deployment_queue(settings(same)) == queue, same
+    assert deployment_queue(here, "other") != queue  # another model
+    assert (
+        deployment_queue(settings(f"postgresql://postgres@localhost/{database}", queue="q")) == "q"
+    )
+    # Another installation (the tables of another schema): another queue; none yet: one line.
+    other = f"t_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{other}"'))
+    elsewhere = load_settings(
+        model_name="churn",
+        database_url=f"postgresql://postgres@127.0.0.1/{database}?options="
+        + quote(f"-csearch_path={other}"),
+    )
+    with pytest.raises(ConfigError, match="has no scorebox_jobs table"):
+        deployment_queue(elsewhere)
+    other_engine = make_engine(elsewhere.database_url)
+    try:
+        upgrade(other_engine, "predictions")
+    finally:
+        other_engine.dispose()
+    assert deployment_queue(elsewhere) != queue
 
 
 def test_cli_reports_invalid_setting_without_traceback() -> None:
@@ -94,3 +135,41 @@ def test_cli_reports_invalid_setting_without_traceback() -> None:
     assert result.returncode == 1
     assert "SCOREBOX_FEATURE_TABLE" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_misspelt_names_are_warned_about_with_the_closest_setting(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SCOREBOX_FEATURE_TABEL=customers\nSCOREBOX_WORKERS=2\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+        "SCOREBOX_CHUNKSIZE": "100",
+        "SCOREBOX_API_TOKN": "s3cret",
+    }
+    shown = subprocess.run(
+        [str(BIN / "scorebox"), "config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    expected = {
+        "SCOREBOX_CHUNKSIZE": ("environment", "SCOREBOX_CHUNK_SIZE"),
+        "SCOREBOX_API_TOKN": ("environment", "SCOREBOX_API_TOKEN"),
+        "SCOREBOX_FEATURE_TABEL": (".env", "SCOREBOX_FEATURE_TABLE"),
+    }
+    for name, (where, close) in expected.items():
+        line = next(r for r in shown.stdout.splitlines() if r.startswith(name))
+        assert f"not a setting, ignored ({where}); did you mean {close}?" in line
+        assert any(name in w and close in w for w in shown.stderr.splitlines()), shown.stderr
+    assert "SCOREBOX_WORKERS" not in shown.stdout + shown.stderr  # compose's, not scorebox's
+    # The worker, too, says so when it starts.
+    started = subprocess.run(
+        [str(BIN / "python"), "-c", "import worker.celery_app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    assert "SCOREBOX_CHUNKSIZE (environment) is not a scorebox setting" in started.stderr

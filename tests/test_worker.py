@@ -26,7 +26,7 @@ from tests.scoring import (
     predictions,
     wait_for,
 )
-from worker.celery_app import chunk_sender, make_app
+from worker.celery_app import chunk_sender, deployment_queue, make_app
 from worker.chunks import claim, run_chunk
 from worker.client import ServiceClient
 from worker.jobs import cancel_job, get_job, resume_job, submit_job
@@ -283,7 +283,7 @@ def test_job_for_a_version_the_service_cannot_load_fails_instead_of_mixing(
         )
     with working(env_for(scoring), tmp_path / "worker.log"):
         for chunk in range(6):
-            enqueue(job_id, chunk, scoring.queue_name)
+            enqueue(job_id, chunk, deployment_queue(scoring))
         job = wait_for(engine, scoring, job_id)
     assert job["status"] == "failed"
     # The job is pinned to a version the service cannot load: it fails, nothing is mixed.
@@ -342,4 +342,64 @@ def test_schedule_runs_new_rows_job_on_cron(scoring: Settings) -> None:
     assert entry["task"] == "scorebox.score_new_rows"
     assert entry["schedule"].minute == set(range(0, 60, 15))
     assert entry["schedule"].day_of_week == {1, 2, 3, 4, 5}
-    assert entry["options"]["queue"] == scoring.queue_name
+    # Beat's task goes to this deployment's queue, named when it is sent.
+    assert app.amqp.router.route({}, entry["task"])["queue"].name == deployment_queue(scoring)
+
+
+def test_a_job_no_worker_reads_is_said_within_seconds_and_any_url_of_the_database_works(
+    scoring: Settings, engine: Engine, client: ServiceClient, tmp_path: Path
+) -> None:
+    env = env_for(scoring)
+    # Another spelling of the same database: localhost instead of 127.0.0.1.
+    other_url = scoring.database_url.replace("@127.0.0.1:", "@localhost:")
+    assert other_url != scoring.database_url
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "scorebox"), *args],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    began = time.monotonic()
+    alone = run("score")
+    assert alone.returncode == 0, alone.stderr
+    assert time.monotonic() - began < 30
+    job_id = int(alone.stdout.split()[1])
+    warning = next(line for line in alone.stderr.splitlines() if "no worker has read" in line)
+    assert f"queue {deployment_queue(scoring)}" in warning and "celery -A worker worker" in warning
+    # A job recorded with a queue name of old (derived from the URL's text), then cancelled.
+    stale = submit_job(engine, scoring, client, lambda job, chunk, queue: None)
+    assert cancel_job(engine, scoring, stale)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE scorebox_jobs SET queue = 'scorebox.served.0ld0ld00' WHERE id = :j"),
+            {"j": stale},
+        )
+    with working(env, tmp_path / "worker.log"):
+        assert wait_for(engine, scoring, job_id)["status"] == "succeeded"
+        waited = run("score", "--wait", SCOREBOX_DATABASE_URL=other_url)
+        resumed = run("jobs", "resume", str(stale), SCOREBOX_DATABASE_URL=other_url)
+        assert wait_for(engine, scoring, stale)["status"] == "succeeded"
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert resumed.returncode == 0 and "6 chunk(s) queued again" in resumed.stdout
+    assert "no worker has read" not in waited.stderr + resumed.stderr
+    assert_exactly_once(engine, scoring, job_id, 569)
+    assert get_job(engine, scoring, stale)["queue"] == deployment_queue(scoring)
+
+    with engine.begin() as conn:  # 20,000 jobs: the list stays short and says how to see all
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_jobs (table_name, model_tag, mode, status, queue) "
+                "SELECT 'features', 'served:x', 'all', 'failed', 'q' FROM generate_series(1, 20000)"
+            )
+        )
+    began = time.monotonic()
+    listed = run("jobs", "list")
+    assert listed.returncode == 0 and time.monotonic() - began < 15
+    assert len(listed.stdout.strip().splitlines()) == 21  # the header and 20 jobs (a pipe: TSV)
+    assert "20 newest of 20,003 jobs; --all lists every one" in listed.stderr
+    every = run("jobs", "list", "--all")
+    assert len(every.stdout.strip().splitlines()) == 20_004

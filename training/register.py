@@ -3,9 +3,12 @@ the stored version (scorebox/signing.py)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import bentoml
 import joblib
@@ -14,7 +17,7 @@ from sklearn.pipeline import Pipeline
 
 from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
-from scorebox.modelinfo import ARTIFACT, ModelInfo
+from scorebox.modelinfo import ARTIFACT, TRAINING_ROWS, ModelInfo
 from scorebox.signing import SIGNATURE_FILE, folder_files, sign
 
 
@@ -54,6 +57,13 @@ def register(
                 "the model was removed"
             )
     return model
+
+
+def write_training_rows(model: bentoml.Model, ids: Iterable[Any]) -> None:
+    """The ids (as text, as the predictions table keys rows) of the rows the model was fitted
+    on, beside its files, so a comparison can leave them out."""
+    text = "\n".join(str(value) for value in ids)
+    (Path(model.path) / TRAINING_ROWS).write_bytes(gzip.compress(text.encode(), mtime=0))
 
 
 def seal(model: bentoml.Model, key: Ed25519PrivateKey) -> None:

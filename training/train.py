@@ -29,7 +29,7 @@ from training import data
 from training.compile import Compiled, compile_model
 from training.evaluate import evaluate
 from training.pipeline import build_pipeline, check_classes, infer_task
-from training.register import artifact_sha256, register, seal
+from training.register import artifact_sha256, register, seal, write_training_rows
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def train(
     report = write_report(
         Path(model.path) / "report", str(model.tag), info, pipeline, x_test, y_test
     )
+    write_training_rows(model, frame.loc[x_train.index, schema.id_column])
     step(f"signing {model.tag}")
     created = ""
     if key is None:

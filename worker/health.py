@@ -8,12 +8,18 @@ worker keeps two files in its temporary directory (``$TMPDIR``, else /tmp):
 - ``scorebox-worker.ready`` is touched by a thread of its own each time the database and the broker
   both answered, so it ages while either is away (a probe: the file is younger than 20 seconds).
 
+The same thread announces the worker in Redis (``scorebox:consumers:<queue>:<worker>``, expiring
+after :data:`ANNOUNCED` seconds), so `scorebox score` can say within seconds that no worker reads a
+job's queue.
+
 The probes are shell ``test`` commands (deploy/kubernetes/base/worker.yaml).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -31,6 +37,15 @@ log = logging.getLogger(__name__)
 LIVE = "scorebox-worker.live"
 READY = "scorebox-worker.ready"
 INTERVAL = 5.0
+# How long an announcement lasts: a few checks, so one slow check does not hide a worker.
+ANNOUNCED = 20
+_CONSUMER = "scorebox:consumers:{queue}:{worker}"
+
+
+def consumers(broker: redis.Redis[bytes], queue: str) -> int:
+    """How many workers announced in the last :data:`ANNOUNCED` seconds that they read ``queue``."""
+    pattern = _CONSUMER.format(queue=queue, worker="*")
+    return sum(1 for _ in broker.scan_iter(match=pattern, count=1000))
 
 
 def folder() -> Path:
@@ -77,16 +92,30 @@ class Readiness(threading.Thread):
         (folder() / READY).unlink(missing_ok=True)
 
 
-def start(consumer: Any, settings: Settings, interval: float = INTERVAL) -> list[Readiness]:
+def start(
+    consumer: Any, settings: Settings, queue: str, interval: float = INTERVAL
+) -> list[Readiness]:
     """Touch the liveness file now and every ``interval`` seconds from ``consumer``'s timer (which
-    the worker's event loop runs), and start the readiness thread (on a Redis broker; the embedded
-    broker of `scorebox demo` has no pods to probe). Returns the threads started."""
+    the worker's event loop runs), and start the readiness thread, which also announces that
+    this worker reads ``queue`` (on a Redis broker; the embedded broker of `scorebox demo` has no
+    pods to probe). Returns the threads started."""
     touch(LIVE)
     consumer.timer.call_repeatedly(interval, touch, (LIVE,), priority=0)
     if not settings.redis_url.startswith(("redis://", "rediss://")):
         return []
     engine = make_engine(settings.database_url, connect_timeout=3)
     broker = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
-    readiness = Readiness(lambda: answers(engine, broker), interval)
+    key = _CONSUMER.format(queue=queue, worker=f"{socket.gethostname()}:{os.getpid()}")
+
+    def check() -> bool:
+        if not answers(engine, broker):
+            return False
+        try:
+            broker.set(key, "1", ex=ANNOUNCED)
+        except redis.RedisError:
+            return False
+        return True
+
+    readiness = Readiness(check, interval)
     readiness.start()
     return [readiness]

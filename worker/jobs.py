@@ -23,6 +23,7 @@ from scorebox.features import KeyKind, check_keys, resolve_key
 from scorebox.names import TableName, require_column, resolve_table
 from scorebox.profile import Drift
 from scorebox.settings import Settings
+from worker.celery_app import deployment_queue
 from worker.client import ServiceClient
 from worker.reading import read_as, unscored
 
@@ -134,7 +135,7 @@ def submit_job(
     served = str(described["tag"])
     model_name = served.partition(":")[0]
     # The deployment of the served model: its workers share the service's model name.
-    queue = settings.queue_for(model_name)
+    queue = deployment_queue(settings, model_name, engine)
     features_of = described["features"]
     catalog = Catalog.from_settings(settings, engine)
     if model_tag is not None:
@@ -293,12 +294,14 @@ def cancel_job(engine: Engine, settings: Settings, job_id: int) -> bool:
 
 
 def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int) -> int:
-    """Queue again every chunk of a failed, cancelled or stalled job that is not done; return how
-    many. Chunks already written are kept, so nothing is scored twice."""
+    """Queue again every chunk of a failed, cancelled or stalled job that is not done, on its
+    deployment's queue as it is named now; return how many. Chunks already written are kept, so
+    nothing is scored twice."""
     tables = Tables.build(settings.predictions_table)
     job = get_job(engine, settings, job_id)
     if job["status"] in FINISHED_OK:
         return 0
+    queue = deployment_queue(settings, str(job["model_tag"]).partition(":")[0], engine)
     with engine.begin() as conn:
         _lock_chunks(conn, tables, job_id)
         chunks = [
@@ -315,10 +318,15 @@ def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int
         conn.execute(
             update(tables.jobs)
             .where(tables.jobs.c.id == job_id)
-            .values(status="running" if chunks else "succeeded", error=None, finished_at=None)
+            .values(
+                status="running" if chunks else "succeeded",
+                error=None,
+                finished_at=None,
+                queue=queue,
+            )
         )
     for n in chunks:
-        enqueue(job_id, n, job["queue"])
+        enqueue(job_id, n, queue)
     return len(chunks)
 
 
@@ -334,12 +342,32 @@ def get_job(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def list_jobs(engine: Engine, settings: Settings, limit: int = 20) -> Sequence[dict[str, Any]]:
-    """The newest jobs first."""
+LISTED = (
+    "id",
+    "status",
+    "rows_scored",
+    "rows_failed",
+    "rows_total",
+    "created_at",
+    "table_name",
+    "model_tag",
+    "model_ref",
+    "mode",
+    "error",
+    "queue",
+)
+
+
+def list_jobs(
+    engine: Engine, settings: Settings, limit: int | None = 20
+) -> tuple[Sequence[dict[str, Any]], int]:
+    """The newest ``limit`` jobs first (every one with None), and how many there are."""
     jobs = Tables.build(settings.predictions_table).jobs
+    query = select(*(jobs.c[c] for c in LISTED)).order_by(jobs.c.id.desc())
     with engine.connect() as conn:
-        rows = conn.execute(select(jobs).order_by(jobs.c.id.desc()).limit(limit)).mappings()
-        return [dict(r) for r in rows]
+        total = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+        rows = conn.execute(query if limit is None else query.limit(limit)).mappings()
+        return [dict(r) for r in rows], int(total)
 
 
 def failed_rows(

@@ -10,13 +10,20 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from sqlalchemy import Engine
 
 from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
 from worker import health, schedule
-from worker.celery_app import SCORE_CHUNK, app, chunk_sender
+from worker.celery_app import (
+    SCORE_CHUNK,
+    SCORE_NEW_ROWS,
+    UNROUTED,
+    app,
+    chunk_sender,
+    deployment_queue,
+)
 from worker.chunks import is_transient, run_chunk
 from worker.client import ServiceClient
 from worker.jobs import fail_job, submit_job
@@ -71,16 +78,11 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
     """Score chunk ``chunk_no`` of job ``job_id``; retry with backoff on transient errors."""
     context = _context()
     settings, engine, tables = context.settings, context.engine, context.tables
-    if queue != settings.queue_name:
+    mine = deployment_queue(settings, engine=engine)
+    if queue != mine:
         # Not this deployment's work: drop the message without touching the job; the right
         # deployment's sweeper sends the chunk again.
-        log.error(
-            "chunk %s/%s is for queue %s, not %s: refused",
-            job_id,
-            chunk_no,
-            queue,
-            settings.queue_name,
-        )
+        log.error("chunk %s/%s is for queue %s, not %s: refused", job_id, chunk_no, queue, mine)
         raise Reject(f"chunk for queue {queue}", requeue=False)
     try:
         outcome = run_chunk(
@@ -110,7 +112,7 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
     return outcome
 
 
-@app.task(name="scorebox.score_new_rows")
+@app.task(name=SCORE_NEW_ROWS)
 def score_new_rows() -> int | None:
     """The scheduled job (SCOREBOX_SCHEDULE_CRON): score the rows without a prediction. The
     outcome is kept (worker/schedule.py) so that `scorebox jobs list` shows a failed run."""
@@ -120,14 +122,49 @@ def score_new_rows() -> int | None:
         job_id = submit_job(context.engine, settings, context.client, chunk_sender(app), mode="new")
     except Exception as exc:
         log.exception("scheduled job failed")
-        schedule.record(settings, None, " ".join(str(exc).split())[:500])
+        schedule.record(settings, _queue(settings), None, " ".join(str(exc).split())[:500])
         return None
-    schedule.record(settings, job_id, None)
+    schedule.record(settings, _queue(settings), job_id, None)
     return job_id
+
+
+def _queue(settings: Settings) -> str | None:
+    """This deployment's queue, or None when the database cannot tell now."""
+    try:
+        return deployment_queue(settings)
+    except Exception:  # the database away: the outcome is kept under no queue
+        return None
 
 
 _sweepers: list[Sweeper] = []
 _probes: list[health.Readiness] = []
+
+
+@celeryd_after_setup.connect
+def _consume_this_deployments_queue(sender: str, instance: Any, **_: Any) -> None:
+    """Consume this deployment's queue, named after the database's identity (asked now, with a
+    bounded wait while the database starts), and nothing else."""
+    from scorebox.errors import ScoreboxError
+    from scorebox.migrate import wait_for_database
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url, connect_timeout=5)
+    try:
+        wait_for_database(engine, waiting=lambda message: log.warning("%s", message))
+        queue = deployment_queue(settings, engine=engine)
+    except ScoreboxError as exc:
+        raise SystemExit(f"scorebox worker: {exc}") from None
+    except Exception as exc:
+        first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise SystemExit(
+            f"scorebox worker: cannot ask the database (SCOREBOX_DATABASE_URL) which queue is "
+            f"this deployment's: {first}"
+        ) from None
+    finally:
+        engine.dispose()
+    instance.app.amqp.queues.select_add(queue)
+    instance.app.amqp.queues.deselect(UNROUTED)
+    log.info("%s consumes queue %s", sender, queue)
 
 
 @worker_ready.connect
@@ -138,8 +175,10 @@ def _start_sweeper(**_: Any) -> None:
     tables = Tables.build(settings.predictions_table)
     send = chunk_sender(app)
 
+    queue = deployment_queue(settings, engine=engine)
+
     def sweep_once() -> int:
-        return sweep(engine, tables, settings.queue_name, settings.chunk_lease_seconds, send)
+        return sweep(engine, tables, queue, settings.chunk_lease_seconds, send)
 
     sweeper = Sweeper(sweep_once, settings.sweep_seconds)
     sweeper.start()
@@ -149,7 +188,8 @@ def _start_sweeper(**_: Any) -> None:
 @worker_ready.connect
 def _start_probes(sender: Any, **_: Any) -> None:
     """Keep the files the pod's probes read (worker/health.py)."""
-    _probes.extend(health.start(sender, get_settings()))
+    settings = get_settings()
+    _probes.extend(health.start(sender, settings, deployment_queue(settings)))
 
 
 @worker_shutdown.connect

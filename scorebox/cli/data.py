@@ -24,7 +24,7 @@ from scorebox.cli.app import (
 from scorebox.db import make_engine
 from scorebox.errors import ScoreboxError
 from scorebox.migrate import check_schema, create_database_if_missing, upgrade, wait_for_database
-from scorebox.settings import Settings, described, get_settings
+from scorebox.settings import Settings, described, get_settings, unknown_names
 
 
 @db_app.command("upgrade", epilog=EPILOG)
@@ -173,9 +173,17 @@ def _build_bento() -> None:
 @friendly
 def config() -> None:
     """Print the settings in effect (the API token and database password masked) and where each
-    came from: the environment, the .env file, or the default."""
-    rows = described(get_settings())
+    came from: the environment, the .env file, or the default; then every SCOREBOX_* name that
+    is no setting (a typo is ignored otherwise), with the closest setting."""
+    settings = get_settings()
+    rows = described(settings)
     width = max(len(variable) for variable, _, _ in rows)
     for variable, value, source in rows:
         line = f"{variable:<{width}}  {value or '(unset)'}  "
         console.print(Text.assemble(line, (f"# {source}", "dim")))
+    for name, where, close in unknown_names(settings):
+        hint = f"; did you mean {close}?" if close else ""
+        console.print(
+            Text.assemble((f"{name}  not a setting, ignored ({where}){hint}", "bold red")),
+            highlight=False,
+        )

@@ -83,8 +83,41 @@ def score(
         max_failed_rows=max_failed_rows,
     )
     console.print(f"job {job_id} queued")
+    say_if_nobody_reads(engine, settings, job_id)
     if wait:
         raise typer.Exit(EXIT_CODES.get(watch(engine, settings, job_id)["status"], 1))
+
+
+def say_if_nobody_reads(engine: Engine, settings: Settings, job_id: int) -> None:
+    """Warn when no worker has announced that it reads the job's queue (workers announce
+    themselves every few seconds; one that is starting is given a few seconds)."""
+    import redis
+
+    from worker.health import ANNOUNCED, consumers
+    from worker.jobs import get_job
+
+    if not settings.redis_url.startswith(("redis://", "rediss://")):
+        return  # the embedded broker of `scorebox demo` starts its own worker
+    queue = str(get_job(engine, settings, job_id)["queue"])
+    try:
+        with redis.Redis.from_url(settings.redis_url, socket_timeout=5) as broker:
+            deadline = time.monotonic() + 6
+            while not consumers(broker, queue):
+                if time.monotonic() > deadline:
+                    err.print(
+                        Text.assemble(
+                            ("warning: ", "bold yellow"),
+                            f"no worker has read queue {queue} in the last {ANNOUNCED} s, so job "
+                            f"{job_id} waits. Start one with `celery -A worker worker` and the "
+                            "same SCOREBOX_DATABASE_URL, SCOREBOX_REDIS_URL and "
+                            "SCOREBOX_MODEL_NAME (workers of another database or model read "
+                            "another queue)",
+                        )
+                    )
+                    return
+                time.sleep(1)
+    except redis.RedisError:
+        return  # the broker itself is away: enqueuing said so already
 
 
 def watch(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
@@ -150,14 +183,19 @@ def _utc(moment: datetime) -> datetime:
 
 @jobs_app.command("list", epilog=EPILOG)
 @friendly
-def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+def jobs_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first.", min=1)] = 20,
+    every: Annotated[bool, typer.Option("--all", help="Every job, however many.")] = False,
+) -> None:
     """List recent jobs: two lines each in a terminal (it fits 80 columns), tab-separated with
     every field whole when the output is not a terminal."""
     from worker import schedule
+    from worker.celery_app import deployment_queue
     from worker.jobs import list_jobs
 
     settings = get_settings()
-    jobs = list_jobs(ready_engine(settings, tables=True), settings, limit)
+    engine = ready_engine(settings, tables=True)
+    jobs, total = list_jobs(engine, settings, None if every else limit)
     if not console.is_terminal:
         fields = ["id", "status", "rows_scored", "rows_failed", "rows_total", "created_at"]
         fields += ["table_name", "model_tag", "mode", "error"]
@@ -177,7 +215,11 @@ def jobs_list(limit: Annotated[int, typer.Option(help="How many, newest first.")
             )
             where = Text(f"{job['table_name']} · {job['model_tag']} · {job['mode']}", style="dim")
             console.print(Padding(where, (0, 0, 0, 6)), soft_wrap=False)
-    last = schedule.last(settings) if settings.schedule_cron else None
+    if len(jobs) < total:
+        err.print(f"{len(jobs)} newest of {total:,} jobs; --all lists every one", highlight=False)
+    last = None
+    if settings.schedule_cron:
+        last = schedule.last(settings, deployment_queue(settings, engine=engine))
     if last is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last["at"]))
         if last["error"]:
@@ -274,5 +316,8 @@ def jobs_resume(job_id: int) -> None:
     from worker.jobs import resume_job
 
     settings = get_settings()
-    count = resume_job(ready_engine(settings, tables=True), settings, enqueuer(settings), job_id)
+    engine = ready_engine(settings, tables=True)
+    count = resume_job(engine, settings, enqueuer(settings), job_id)
     console.print(f"job {job_id}: {count} chunk(s) queued again")
+    if count:
+        say_if_nobody_reads(engine, settings, job_id)

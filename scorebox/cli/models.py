@@ -13,7 +13,7 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from scorebox.catalog import Catalog
-from scorebox.cli.app import EPILOG, app, console, friendly, metrics_line, ready_engine
+from scorebox.cli.app import EPILOG, app, console, err, friendly, metrics_line, ready_engine
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo
 from scorebox.settings import Settings, get_settings
@@ -240,8 +240,37 @@ LabelsOption = Annotated[
 ]
 
 
+TrainingRowsOption = Annotated[
+    bool,
+    typer.Option(
+        "--training-rows",
+        help="Compare on every row both scored, also those a version trained on (by default "
+        "they are left out: a model looks better on rows it learnt).",
+    ),
+]
+
+
+def _trained_on(catalog: Catalog, tags: list[str]) -> set[str] | None:
+    """The ids of the rows any of ``tags`` was fitted on (None if one does not say)."""
+    from scorebox.modelinfo import TRAINING_ROWS, training_row_ids
+
+    rows: set[str] = set()
+    for tag in tags:
+        version = catalog.local(tag)
+        if not version.has(TRAINING_ROWS):
+            return None
+        rows |= training_row_ids(version.read(TRAINING_ROWS))
+    return rows
+
+
 def _compare(
-    catalog: Catalog, settings: Settings, a: str, b: str, table: str | None, labels: str | None
+    catalog: Catalog,
+    settings: Settings,
+    a: str,
+    b: str,
+    table: str | None,
+    labels: str | None,
+    training_rows: bool = False,
 ) -> Any:
     from scorebox.compare import compare
 
@@ -256,6 +285,7 @@ def _compare(
         settings.id_column,
         labels,
         settings.random_state,
+        trained=None if training_rows else _trained_on(catalog, [a, b]),
     )
 
 
@@ -267,6 +297,7 @@ def models_compare(
     table: TableOption = None,
     labels: LabelsOption = None,
     out: Annotated[Path, typer.Option(help="Folder of the report.")] = Path("reports"),
+    training_rows: TrainingRowsOption = False,
 ) -> None:
     """Compare two versions on the rows of a table both scored (`scorebox score --model`):
     agreement, score distribution shift, and with --labels each one's metrics and the
@@ -276,19 +307,36 @@ def models_compare(
     settings = get_settings()
     catalog = _catalog(settings)
     result = _compare(
-        catalog, settings, _tag(catalog, settings, a), _tag(catalog, settings, b), table, labels
+        catalog,
+        settings,
+        _tag(catalog, settings, a),
+        _tag(catalog, settings, b),
+        table,
+        labels,
+        training_rows,
     )
     _print_comparison(result)
     console.print(f"report: {write_report(result, out)}", highlight=False)
 
 
 def _print_comparison(result: Any) -> None:
+    from scorebox.compare import rows_left_out
+
     console.print(
-        f"{result.rows:,} rows of {result.table} scored by both; agreement {result.agreement:.2%}; "
-        f"{result.score_name}: mean {result.mean_a:.4f} -> {result.mean_b:.4f}, PSI "
-        f"{result.psi:.4f}, KS {result.ks:.4f}",
+        f"{result.rows:,} rows of {result.table} scored by both ({rows_left_out(result)}); "
+        f"agreement {result.agreement:.2%}; {result.score_name}: mean {result.mean_a:.4f} -> "
+        f"{result.mean_b:.4f}, PSI {result.psi:.4f}, KS {result.ks:.4f}",
         highlight=False,
+        markup=False,
     )
+    if result.only_training_rows:
+        err.print(
+            "WARNING: every compared row is a training row of one version or both: these "
+            "figures flatter what a version learnt. Score rows neither trained on (a holdout "
+            "table) to compare fairly.",
+            style="bold red",
+            highlight=False,
+        )
     for metric, (va, vb, diff, low, high) in result.metrics.items():
         console.print(
             f"{metric}: {va:.4f} -> {vb:.4f} ({diff:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}])",
@@ -313,6 +361,7 @@ def models_promote(
     ] = None,
     table: TableOption = None,
     labels: LabelsOption = None,
+    training_rows: TrainingRowsOption = False,
 ) -> None:
     """Point an alias at a version, only when the gate passes; say why either way (exit 1 when
     it does not pass)."""
@@ -338,7 +387,7 @@ def models_promote(
                 f"first (`scorebox models alias {to} TAG`) or give a gate with a number"
             )
         if labels is not None and current is not None:
-            result = _compare(catalog, settings, current, tag, table, labels)
+            result = _compare(catalog, settings, current, tag, table, labels, training_rows)
             _print_comparison(result)
             mine = {m: v[1] for m, v in result.metrics.items()}
             theirs: dict[str, float] | None = {m: v[0] for m, v in result.metrics.items()}
