@@ -34,4 +34,6 @@ COPY . ./
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 USER 10001
+# Says in one line when a volume mounted for the user is not writable, then runs the command.
+ENTRYPOINT ["python", "-m", "scorebox.container"]
 CMD ["scorebox", "--help"]
