@@ -25,7 +25,7 @@ import pytest
 
 from scorebox.processes import BIN, ROOT, free_port, serving
 from tests.conftest import PG_HOST
-from tests.docker.stack import ARTEFACTS, PROJECT, Stack, engine_env, predict, stack, write_env
+from tests.docker.stack import ARTEFACTS, PROJECT, Stack, engine_env, predict, stack
 from tests.test_containers import project_packages, service_modules
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -43,10 +43,9 @@ def docker_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def up(docker_env: dict[str, str]) -> Iterator[Stack]:
-    """The stack, up; taken down with its volumes at the end of the module."""
-    start = time.monotonic()
+    """The stack, up; taken down with its volumes at the end of the module (what was measured
+    is in artefacts/containers/timings.txt)."""
     yield from stack(docker_env)
-    print(f"\ncontainer tests: {time.monotonic() - start:.0f} s; artefacts in {ARTEFACTS}")
 
 
 def test_up_brings_every_service_to_its_state(up: Stack) -> None:
@@ -454,10 +453,7 @@ def test_errors_at_the_container_edge_are_one_line(up: Stack) -> None:
 
 def test_a_wrong_password_is_one_line_from_migrate(up: Stack) -> None:
     wrong = ARTEFACTS / "wrong.env"
-    wrong.write_text(
-        write_env((ROOT / ".env.example").read_text(), "not-the-password")
-        + f"SERVICE_PORT={up.service_port}\nDASHBOARD_PORT={up.dashboard_port}\n"
-    )
+    wrong.write_text(up.env_text("not-the-password"))
     done = up.compose("up", "-d", "--no-build", env_file=wrong, check=False)
     assert done.returncode != 0
     migrate = up.container("migrate")

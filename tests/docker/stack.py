@@ -67,12 +67,23 @@ class Stack:
         service_port, dashboard_port = free_port(), free_port()
         while dashboard_port == service_port:
             dashboard_port = free_port()
-        env_file = ARTEFACTS / "env"
-        env_file.write_text(
-            write_env((ROOT / ".env.example").read_text(), password)
-            + f"SERVICE_PORT={service_port}\nDASHBOARD_PORT={dashboard_port}\n"
-        )
-        return cls(env, env_file, service_port, dashboard_port, password)
+        running = cls(env, ARTEFACTS / "env", service_port, dashboard_port, password)
+        running.env_file.write_text(running.env_text(password))
+        return running
+
+    def env_text(self, password: str) -> str:
+        """.env.example with ``password`` as POSTGRES_PASSWORD and this stack's ports."""
+        values = {
+            "POSTGRES_PASSWORD": password,
+            "SERVICE_PORT": str(self.service_port),
+            "DASHBOARD_PORT": str(self.dashboard_port),
+        }
+        lines = []
+        for line in (ROOT / ".env.example").read_text().splitlines():
+            key = line.split("=", 1)[0]
+            lines.append(f"{key}={values.pop(key)}" if key in values else line)
+        assert not values, f".env.example lacks {sorted(values)}"
+        return "\n".join(lines) + "\n"
 
     def compose(
         self,
@@ -143,15 +154,6 @@ class Stack:
         """Every service's log into the artefacts."""
         every = self.compose("logs", "--no-color", check=False)
         (ARTEFACTS / "compose.log").write_text(every.stdout)
-
-
-def write_env(example: str, password: str) -> str:
-    """.env.example with ``password`` as POSTGRES_PASSWORD."""
-    lines = [
-        f"POSTGRES_PASSWORD={password}" if line.startswith("POSTGRES_PASSWORD=") else line
-        for line in example.splitlines()
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def stack(env: dict[str, str]) -> Iterator[Stack]:
