@@ -1,5 +1,5 @@
-# One image for the migrate, training, worker and beat containers (and the service in
-# compose.yaml): they run the same code with the same dependencies, only the command differs.
+# One image for every scorebox container of compose.yaml (migrate, training, service, worker,
+# beat, dashboard): they run the same code with the same dependencies, only the command differs.
 # The production serving image is the one `bentoml containerize` builds (scripts/containerize).
 FROM python:3.11-slim
 
@@ -11,26 +11,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BENTOML_DO_NOT_TRACK=True \
     PYTHONPATH=/app
 
+# The non-root user and the folders compose mounts named volumes on (the model store, training's
+# signing key, the trusted public keys): a new named volume takes its folder's owner, so the
+# user can write them.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin scorebox \
     && mkdir -p /home/scorebox/bentoml \
-    && chown scorebox:scorebox /home/scorebox/bentoml
+        /home/scorebox/.config/scorebox/signing /home/scorebox/.config/scorebox/trusted \
+    && chmod 700 /home/scorebox/.config/scorebox/signing \
+    && chown -R scorebox:scorebox /home/scorebox
 
 WORKDIR /app
 
 # Dependencies first, in a layer that is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
-RUN mkdir scorebox training service worker \
-    && touch scorebox/__init__.py training/__init__.py service/__init__.py worker/__init__.py \
-    && pip install . \
-    && pip uninstall -y scorebox \
-    && rm -rf scorebox training service worker build
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
-COPY bentofile.yaml ./
-COPY scorebox ./scorebox
-COPY training ./training
-COPY service ./service
-COPY worker ./worker
-RUN pip install --no-deps . && rm -rf build
+# The source tree as .dockerignore leaves it: every package of the project comes along, so no
+# list of packages here can forget one.
+COPY . ./
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 USER 10001
+# Says in one line when a volume mounted for the user is not writable, then runs the command.
+ENTRYPOINT ["python", "-m", "scorebox.container"]
 CMD ["scorebox", "--help"]

@@ -116,10 +116,16 @@ def make_engine(url: str, connect_timeout: int = 5, application_name: str = "sco
     if make_url(url).get_backend_name() == "sqlite":
         # Several processes (worker, CLI) share the file: wait for a lock instead of failing.
         return create_engine(url, connect_args={"timeout": 60})
+    # UTF-8 on the wire whatever the database's encoding: on a SQL_ASCII database psycopg would
+    # hand SQLAlchemy bytes, which it cannot read, before scorebox can say what is wrong.
     return create_engine(
         normalize_url(url),
         pool_pre_ping=True,
-        connect_args={"connect_timeout": connect_timeout, "application_name": application_name},
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "application_name": application_name,
+            "client_encoding": "utf8",
+        },
     )
 
 

@@ -47,6 +47,7 @@ def wait_for_database(
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+                _check_encoding(conn)
             return
         except OperationalError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
@@ -65,6 +66,22 @@ def wait_for_database(
                 told = True
             log.info("database not ready, retrying", extra={"url": url})
             time.sleep(interval)
+
+
+def _check_encoding(conn: Connection) -> None:
+    """A ConfigError unless a PostgreSQL database stores text as UTF-8 (a SQL_ASCII one accepts
+    any bytes and hands them back undecoded)."""
+    if conn.dialect.name != "postgresql":
+        return
+    encoding = conn.execute(text("SHOW server_encoding")).scalar_one()
+    if encoding != "UTF8":
+        url = conn.engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"the database at {url} (SCOREBOX_DATABASE_URL) uses the {encoding} encoding; "
+            "scorebox needs UTF8: create the database with ENCODING 'UTF8' (initdb or "
+            "CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0) and point "
+            "SCOREBOX_DATABASE_URL at it"
+        )
 
 
 def create_database_if_missing(engine: Engine) -> bool:

@@ -1,5 +1,6 @@
-"""compose.yaml and the Dockerfile, checked statically, and every container's command run as a
-local process with the environment compose gives it (there is no Docker engine here)."""
+"""compose.yaml and the Dockerfile checked statically, the one list of the project's packages,
+and every container's command run as a local process with the environment compose gives it.
+The real images and stack run in tests/test_in_containers.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import tomllib
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -296,3 +298,72 @@ def test_the_bento_declares_every_package_the_service_imports(trained: TrainedMo
     installed = _closure(declared)
     missing = sorted(imported - installed - OPTIONAL - {"scorebox"})
     assert not missing, f"bentofile.yaml lacks packages the service imports: {missing}"
+
+
+def project_packages() -> set[str]:
+    """Every top-level package of the project: a folder of the repository with __init__.py,
+    tests aside."""
+    return {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+
+
+def test_one_list_of_packages_names_every_package() -> None:
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = project_packages()
+    assert {"scorebox", "training", "service", "worker", "dashboard"} <= packages
+    # pyproject's find pattern is the one list the distribution (and the image) is built from.
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {name.split(".")[0] for name in find_packages(ROOT, include=include)} == packages
+    assert set(config["tool"]["mypy"]["packages"]) == packages
+    assert set(config["tool"]["importlinter"]["root_packages"]) == packages
+    # The Dockerfile copies the tree, never a list of packages.
+    copies = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY")
+    ]
+    assert "COPY . ./" in copies
+    assert not [line for line in copies if any(f" {name}" in line for name in packages)]
+
+
+_SERVICE_MODULES = """
+import os, sys
+import service.service
+root = sys.argv[1]
+for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None) or ""
+    if path.startswith(root + os.sep) and os.sep + ".venv" + os.sep not in path:
+        print(os.path.relpath(path, root))
+"""
+
+
+def service_modules(env: dict[str, str]) -> set[str]:
+    """The project's files `import service.service` loads (paths from the repository root)."""
+    done = subprocess.run(
+        [str(BIN / "python"), "-c", _SERVICE_MODULES, str(ROOT)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_the_bento_carries_exactly_the_packages_the_service_imports(
+    trained: TrainedModel,
+) -> None:
+    import pathspec
+
+    imported = service_modules(process_env(trained.settings))
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    include = pathspec.PathSpec.from_lines("gitwildmatch", bentofile["include"])
+    exclude = pathspec.PathSpec.from_lines("gitwildmatch", bentofile.get("exclude", []))
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    carried = {f for f in tracked if include.match_file(f) and not exclude.match_file(f)}
+    assert imported <= carried, sorted(imported - carried)
+    top = {Path(f).parts[0] for f in imported if len(Path(f).parts) > 1}
+    assert {Path(f).parts[0] for f in carried if f.endswith(".py")} == top
+    assert top == {"scorebox", "service"}

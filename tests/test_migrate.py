@@ -1,3 +1,5 @@
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from scorebox.migrate import (
     upgrade,
     wait_for_database,
 )
+from scorebox.processes import BIN
 from scorebox.settings import Settings
 from tests.conftest import PG_ADMIN
 
@@ -141,3 +144,26 @@ def test_db_check_waits_for_the_migration_then_passes(
     assert done.returncode == 0, done.stderr
     assert "schema is up to date" in done.stdout and "waiting:" in done.stderr
     assert 3 <= time.monotonic() - started < 30
+
+
+def test_sql_ascii_database_is_one_line_naming_the_setting() -> None:
+    name = f"scorebox_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+        env["SCOREBOX_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        done = subprocess.run(
+            [str(BIN / "scorebox"), "db", "upgrade"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert "SQL_ASCII encoding" in lines[0] and "SCOREBOX_DATABASE_URL" in lines[0]
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -160,12 +160,27 @@ def train(
 
 
 def _build_bento() -> None:
+    import subprocess
+
     import bentoml
+    from bentoml.exceptions import BentoMLException
 
     if not Path("bentofile.yaml").exists():
         raise ScoreboxError("--bento needs bentofile.yaml in the current directory")
-    with console.status("building the Bento"):
-        built = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=".")
+    try:
+        with console.status("building the Bento"):
+            built = bentoml.bentos.build_bentofile("bentofile.yaml", build_ctx=".")
+    except subprocess.CalledProcessError as exc:
+        # uv locks the Bento's packages from the package index; it said why above.
+        program = exc.cmd[0] if isinstance(exc.cmd, list | tuple) else str(exc.cmd).split()[0]
+        raise ScoreboxError(
+            f"building the Bento failed: {Path(program).name} exited with {exc.returncode} "
+            "while locking its packages; the model is registered. Check that this machine "
+            "reaches the package index (behind a TLS-inspecting proxy, trust its certificate "
+            "authority: SSL_CERT_FILE), then run `bentoml build`"
+        ) from None
+    except BentoMLException as exc:
+        raise ScoreboxError(f"building the Bento failed: {exc}; the model is registered") from None
     console.print(f"bento: {built.tag}")
 
 
