@@ -18,7 +18,8 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin scorebox \
     && mkdir -p /home/scorebox/bentoml \
         /home/scorebox/.config/scorebox/signing /home/scorebox/.config/scorebox/trusted \
     && chmod 700 /home/scorebox/.config/scorebox/signing \
-    && chown -R scorebox:scorebox /home/scorebox
+    && chown -R scorebox:scorebox /home/scorebox \
+    && mkdir -p /app/reports && chown scorebox:scorebox /app/reports
 
 WORKDIR /app
 

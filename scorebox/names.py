@@ -110,7 +110,10 @@ def _suggest(wanted: str, existing: list[str]) -> str:
 def resolve_table(conn: Connection, value: str | TableName, setting: str) -> TableName:
     """The table ``value`` names, with its schema filled in from the catalog, or a DataError
     that suggests the case-insensitive match."""
-    wanted = parse_table(value) if isinstance(value, str) else value
+    try:
+        wanted = parse_table(value) if isinstance(value, str) else value
+    except ValueError as exc:
+        raise DataError(f"{setting}: {exc}") from None
     inspector = inspect(conn)
     if conn.dialect.name != "postgresql":
         existing = inspector.get_table_names() + inspector.get_view_names()

@@ -38,6 +38,7 @@ def _config(env_file: Path) -> dict:  # type: ignore[type-arg]
         capture_output=True,
         text=True,
         timeout=60,
+        env=os.environ | {"ENV_FILE": str(env_file)},
     )
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)  # type: ignore[no-any-return]
@@ -45,7 +46,10 @@ def _config(env_file: Path) -> dict:  # type: ignore[type-arg]
 
 def test_compose_file_is_valid_with_the_example_env() -> None:
     done = subprocess.run(
-        [_compose(), "--env-file", ".env.example", "config", "-q"], cwd=ROOT, capture_output=True
+        [_compose(), "--env-file", ".env.example", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        env=os.environ | {"ENV_FILE": ".env.example"},
     )
     assert done.returncode == 0, done.stderr
 
@@ -58,7 +62,8 @@ def test_compose_refuses_to_start_without_a_database_password(tmp_path: Path) ->
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"},
+        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}
+        | {"ENV_FILE": str(empty)},
     )
     assert done.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in done.stderr

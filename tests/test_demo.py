@@ -50,6 +50,8 @@ def test_demo_on_the_embedded_default_twice_then_keeps_serving(tmp_path: Path) -
         assert "succeeded - 569 scored, 0 failed of 569 rows" in done.stdout
         assert f"sqlite:///{tmp_path}/.scorebox-demo/scorebox.db" in done.stdout
         assert "roc_auc" in done.stdout and "report.md" in done.stdout
+        # A curl command is offered only while a service answers it.
+        assert "try it: curl" not in done.stdout and "--keep-serving" in done.stdout
         assert not _leftovers(str(tmp_path))
 
     log = (tmp_path / "keep.log").open("w+")

@@ -180,6 +180,43 @@ def test_two_jobs_over_the_same_rows_at_once(
     )
 
 
+@pytest.mark.slow
+def test_two_jobs_over_text_keys_of_a_language_collation_never_deadlock(
+    scoring: Settings, engine: Engine, client: ServiceClient, tmp_path: Path
+) -> None:
+    """Keys whose language order is not their byte order (case, accents): every write takes
+    its rows' locks in one order, so jobs writing the same rows at once never wait on each
+    other in a circle."""
+    with engine.begin() as conn:
+        for statement in (
+            "CREATE TABLE collated AS SELECT f.* FROM features f, generate_series(1, 6)",
+            "ALTER TABLE collated DROP COLUMN id",
+            'ALTER TABLE collated ADD COLUMN id text COLLATE "en-US-x-icu"',
+            "UPDATE collated SET id = (ARRAY['a', 'B', 'ä', 'Z', 'é'])[1 + floor(random() * 5)]"
+            " || md5(random()::text)",
+            "ALTER TABLE collated ADD PRIMARY KEY (id)",
+        ):
+            conn.execute(text(statement))
+    app, enqueue = _sender(scoring)
+    log = tmp_path / "worker.log"
+    with working(env_for(scoring), log, concurrency=4):
+        for _ in range(3):
+            first = submit_job(engine, scoring, client, enqueue, table="collated")
+            second = submit_job(engine, scoring, client, enqueue, table="collated")
+            jobs = [wait_for(engine, scoring, first), wait_for(engine, scoring, second)]
+            assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    app.close()
+    assert "deadlock detected" not in log.read_text()
+    with engine.connect() as conn:
+        counted = conn.execute(
+            text(
+                "SELECT count(*), count(DISTINCT row_id) FROM predictions "
+                "WHERE source_table LIKE '%collated'"
+            )
+        ).one()
+    assert tuple(counted) == (569 * 6, 569 * 6)
+
+
 # The README's grants, as written there (its "Security" section).
 GRANTS = """
 GRANT USAGE ON SCHEMA {schema} TO {role};

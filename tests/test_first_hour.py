@@ -149,12 +149,27 @@ def test_score_errors_are_one_line_too(scoring: Settings, engine: Engine, tmp_pa
     env = env_for(scoring)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE narrow AS SELECT id, mean_texture FROM features"))
+        # An alias of the served model moved (by SQL) onto a version of another model.
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_models (tag, name, task, estimator, metrics, metadata, "
+                "artifact, artifact_sha256, created_by) VALUES ('other:abc', 'other', "
+                "'classification', 'x', '{}', '{}', '', '', 'x')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_aliases (name, alias, tag, moved_by) "
+                "VALUES ('served', 'foreign', 'other:abc', 'x')"
+            )
+        )
     dead = f"http://127.0.0.1:{free_port()}"
     cases = [
         (["score", "--table", "narrow"], {}, "column 'mean_radius' (a feature of model served:"),
         (["score", "--mode", "sometimes"], {}, "mode must be one of all, new, not 'sometimes'"),
         (["score", "--model", "served:nope"], {}, "--model: no model served:nope in the registry"),
         (["score", "--model", "other:abc"], {}, "serves model served; score with one of its"),
+        (["score", "--model", "foreign"], {}, "points at other:abc, a version of another model"),
         (
             ["score"],
             {"SCOREBOX_SERVICE_URL": dead},
@@ -173,6 +188,9 @@ def test_score_errors_are_one_line_too(scoring: Settings, engine: Engine, tmp_pa
         ),
         (["jobs", "show", "424242"], {}, "no job with id 424242"),
     ]
+    # Table names no table can have, and an empty one (an unset "$T"): never the default table.
+    for malformed in ('"', "a.b.c", " ", ".big", "..", "features\n", ""):
+        cases.append((["score", "--table", malformed], {}, "--table: table name"))
     for args, changes, message in cases:
         code, out, err, took = _run(args, env | changes)
         assert code == 1 and message in err, (args, out, err)

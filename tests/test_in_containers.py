@@ -110,9 +110,10 @@ def _records(up: Stack, limit: int = 40) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def host_model(up: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def host_model(up: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """A BentoML home on this machine holding the version the compose service serves (copied
-    out of its volume), and that version's tag."""
+    out of its volume), that version's tag, and the public keys the compose stack trusts (as a
+    SCOREBOX_TRUSTED_KEYS value: a version is served only where its signer is trusted)."""
     tag = httpx.get(up.url("/v1/model"), timeout=10).json()["tag"]
     name, version = tag.split(":")
     home = tmp_path_factory.mktemp("host-bentoml")
@@ -121,7 +122,13 @@ def host_model(up: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     copied = up.docker("cp", source, str(home / "models" / name / version))
     assert copied.returncode == 0, copied.stderr
     (home / "models" / name / "latest").write_text(version)
-    return home, tag
+    trusted = home / "trusted"
+    keys = f"{up.container('service')['Id']}:/home/scorebox/.config/scorebox/trusted"
+    copied = up.docker("cp", keys, str(trusted))
+    assert copied.returncode == 0, copied.stderr
+    lines = [p.read_text().strip() for p in sorted(trusted.glob("*.pub"))]
+    assert lines, "training wrote no public key into the trusted volume"
+    return home, tag, ",".join(lines)
 
 
 def _registry_less_url(database: str) -> str:
@@ -136,9 +143,9 @@ def _registry_less_url(database: str) -> str:
 
 
 def test_the_service_answers_as_bentoml_serve_on_this_machine(
-    up: Stack, host_model: tuple[Path, str], database: str, tmp_path: Path
+    up: Stack, host_model: tuple[Path, str, str], database: str, tmp_path: Path
 ) -> None:
-    home, tag = host_model
+    home, tag, trusted = host_model
     records = _records(up)
     in_container = predict(up.url(), records)
     assert in_container["model"] == tag and len(in_container["predictions"]) == len(records)
@@ -146,6 +153,7 @@ def test_the_service_answers_as_bentoml_serve_on_this_machine(
         "BENTOML_HOME": str(home),
         "SCOREBOX_MODEL_TAG": tag.split(":")[1],
         "SCOREBOX_DATABASE_URL": _registry_less_url(database),
+        "SCOREBOX_TRUSTED_KEYS": trusted,
     }
     with serving(env, tmp_path / "serve.log") as url:
         on_host = predict(url, records)
@@ -202,7 +210,12 @@ def _job_over_big(up: Stack, chunk_size: int) -> subprocess.Popen[str]:
         "scorebox", "score", "--table", "big", "--wait",
     ]  # fmt: skip
     return subprocess.Popen(
-        command, cwd=ROOT, env=up.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=ROOT,
+        env=up.env | {"ENV_FILE": str(up.env_file)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -290,9 +303,9 @@ def test_down_then_up_keeps_the_database_the_model_store_and_the_registry(up: St
     up.wait_healthy("service")
     assert up.psql("SELECT count(*) FROM predictions") == predictions
     assert up.psql("SELECT count(*) FROM features") == str(ROWS)  # seeding again added nothing
-    # Training ran again as the non-root user: one more version, in the store and the registry.
-    assert registry < _registry(up) and store < _store(up)
-    assert _registry(up) <= _store(up)
+    # Training ran again (--if-missing) and trained nothing: a version exists.
+    assert (_registry(up), _store(up)) == (registry, store)
+    assert "is registered already; nothing trained" in up.logs("training")
     for folder in ("bentoml", ".config/scorebox/signing", ".config/scorebox/trusted"):
         path = f"/home/scorebox/{folder}"
         probe = up.compose(
@@ -306,7 +319,7 @@ def test_a_training_run_switches_the_running_service(up: Stack) -> None:
     service = up.container("service")
     before = httpx.get(up.url("/v1/model"), timeout=10).json()["tag"]
     start = time.monotonic()
-    trained = up.compose("run", "--rm", "training")
+    trained = up.compose("run", "--rm", "training", "scorebox", "train")
     up.timings["run --rm training"] = f"{time.monotonic() - start:.0f} s"
     tag = re.search(r"registered (\S+:\S+) ", trained.stdout)
     assert tag is not None, trained.stdout
@@ -322,14 +335,15 @@ def test_a_training_run_switches_the_running_service(up: Stack) -> None:
 
 
 def test_the_serving_image_answers_as_the_compose_service(
-    up: Stack, host_model: tuple[Path, str], database: str
+    up: Stack, host_model: tuple[Path, str, str], database: str
 ) -> None:
-    home, tag = host_model
+    home, tag, trusted = host_model
     env = up.env | {
         "PATH": f"/usr/bin:{BIN}:{up.env['PATH']}",
         "BENTOML_HOME": str(home),
         "SCOREBOX_MODEL_TAG": tag.split(":")[1],
         "SCOREBOX_DATABASE_URL": _registry_less_url(database),
+        "SCOREBOX_TRUSTED_KEYS": trusted,
     }
     start = time.monotonic()
     built = subprocess.run(
@@ -364,7 +378,8 @@ def test_the_serving_image_answers_as_the_compose_service(
     registry = f"postgresql+psycopg://postgres:{up.password}@postgres:5432/scorebox"
     ran = up.docker(
         "run", "-d", "--name", name, "--network", f"{PROJECT}_default",
-        "-p", f"127.0.0.1:{port}:3000", "-e", f"SCOREBOX_DATABASE_URL={registry}", image,
+        "-p", f"127.0.0.1:{port}:3000", "-e", f"SCOREBOX_DATABASE_URL={registry}",
+        "-e", f"SCOREBOX_TRUSTED_KEYS={trusted}", image,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     try:

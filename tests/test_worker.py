@@ -403,3 +403,41 @@ def test_a_job_no_worker_reads_is_said_within_seconds_and_any_url_of_the_databas
     assert "20 newest of 20,003 jobs; --all lists every one" in listed.stderr
     every = run("jobs", "list", "--all")
     assert len(every.stdout.strip().splitlines()) == 20_004
+
+
+def test_a_chunks_predictions_and_failed_rows_are_in_the_keys_byte_order() -> None:
+    """One lock order for every write (the predictions table's own, bytewise), whatever order
+    the source table's collation read the keys in."""
+    import pyarrow as pa
+
+    keys = pa.array(["b", "B", "ä", "a", "Z", "é", "10", "9"])
+    errors = [None, None, "bad", None, None, "bad", None, None]
+    result = pa.table(
+        {
+            "error": pa.array(errors, pa.string()),
+            "predicted_label": pa.array(["0"] * 8),
+            "probability": pa.array([0.5] * 8),
+            "p:0": pa.array([0.5] * 8),
+            "p:1": pa.array([0.5] * 8),
+        }
+    )
+    scored = predictions_of(keys, result)
+    written = scored.table.column("row_id").to_pylist()
+    assert written == sorted(written, key=str.encode) == ["10", "9", "B", "Z", "a", "b"]
+    assert [key for key, _ in scored.failed] == ["ä", "é"]
+
+
+def test_integer_keys_are_written_as_text_in_byte_order_too() -> None:
+    import pyarrow as pa
+
+    keys = pa.array([9, 10, 100, 2], pa.int64())
+    result = pa.table(
+        {
+            "error": pa.array([None, None, "bad", None], pa.string()),
+            "predicted_value": pa.array([1.0, 2.0, 3.0, 4.0]),
+        }
+    )
+    scored = predictions_of(keys, result)
+    assert scored.table.column("row_id").type == pa.string()
+    assert scored.table.column("row_id").to_pylist() == ["10", "2", "9"]
+    assert scored.failed == [("100", "bad")]

@@ -146,7 +146,7 @@ def submit_job(
     reference = _reference(catalog, served)
     tables = Tables.build(settings.predictions_table)
     with engine.begin() as conn:
-        name = resolve_table(conn, table or settings.feature_table, "--table")
+        name = resolve_table(conn, settings.feature_table if table is None else table, "--table")
         source = reflect(conn, name)
         columns = [str(c.name) for c in source.columns]
         key_kind: KeyKind = resolve_key(source, name, settings.id_column)
@@ -229,6 +229,11 @@ def _pinned_version(catalog: Catalog, name: str, ref: str, service_url: str) -> 
             f"its versions or aliases (`scorebox models list`), or serve {given}"
         )
     tag = catalog.resolve(name, ref).tag
+    if tag.partition(":")[0] != name:
+        raise ScoreboxError(
+            f"--model {ref}: it points at {tag[:200]}, a version of another model; the service "
+            f"at {service_url} serves {name}"
+        )
     try:
         catalog.info(tag)  # it must exist, verify and be readable
     except ModelError as exc:

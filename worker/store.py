@@ -79,6 +79,8 @@ def predictions_of(keys: pa.Array, result: pa.Table) -> Scored:
     failed rows, built column by column (no Python per row but for failed rows)."""
     if result.num_rows != len(keys):
         raise ValueError(f"the service answered {result.num_rows} rows for {len(keys)} sent")
+    # Row ids are text in the predictions table (integer keys come from the read as numbers).
+    keys = keys if pa.types.is_string(keys.type) else pc.cast(keys, pa.string())
     errors = result.column("error")
     good = pc.is_null(errors)
     failed_at = np.flatnonzero(~np.asarray(good.to_numpy(zero_copy_only=False), dtype=bool))
@@ -111,6 +113,10 @@ def predictions_of(keys: pa.Array, result: pa.Table) -> Scored:
         }
     table = pa.table(columns).filter(good) if failed else pa.table(columns)
     assert table.num_rows == n
+    # One order for every write, whatever the source table's collation: the key's bytes, the
+    # predictions table's own order. Writers that lock rows in the same order never deadlock.
+    table = table.take(pc.sort_indices(table, sort_keys=[("row_id", "ascending")]))
+    failed.sort(key=lambda pair: str(pair[0]).encode())
     return Scored(table, failed)
 
 
@@ -309,7 +315,8 @@ class PostgresStore:
                         f"INSERT INTO {predictions} (source_table, model_tag, row_id, "
                         "predicted_label, predicted_value, probability, probabilities, job_id) "
                         "SELECT $1, $2, row_id, predicted_label, predicted_value, probability, "
-                        "CAST(probabilities AS json), $3 FROM _scorebox_staging ORDER BY row_id "
+                        "CAST(probabilities AS json), $3 FROM _scorebox_staging "
+                        'ORDER BY row_id COLLATE "C" '
                         "ON CONFLICT (source_table, model_tag, row_id) DO UPDATE SET "
                         "predicted_label = excluded.predicted_label, "
                         "predicted_value = excluded.predicted_value, "
@@ -328,7 +335,8 @@ class PostgresStore:
                     cursor.adbc_ingest("_scorebox_failed", reasons, mode="replace", temporary=True)
                     cursor.execute(
                         f"INSERT INTO {failed_rows} (job_id, row_id, reason) SELECT $1, row_id, "
-                        "reason FROM _scorebox_failed ORDER BY row_id ON CONFLICT (job_id, row_id) "
+                        'reason FROM _scorebox_failed ORDER BY row_id COLLATE "C" '
+                        "ON CONFLICT (job_id, row_id) "
                         "DO UPDATE SET reason = excluded.reason",
                         (lease.job_id,),
                     )

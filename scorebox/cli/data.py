@@ -128,15 +128,41 @@ def train(
     bento: Annotated[
         bool, typer.Option("--bento", help="Build the Bento (bentofile.yaml here) afterwards.")
     ] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Train only when no signed version of SCOREBOX_MODEL_NAME exists yet (what "
+            "`docker compose up` does, so that starting the stack again trains nothing).",
+        ),
+    ] = False,
 ) -> None:
     """Fit, evaluate and register a model on SCOREBOX_FEATURE_TABLE; print which columns it
     used and which it left out, its holdout metrics, and where its report is."""
     settings = get_settings()
     engine = ready_engine(settings)  # before the heavy imports: a wrong URL says so at once
-    from training.train import train as run_training
-
     if seed_example:
         seed_table(settings, engine, rows=None)
+    if if_missing:
+        from scorebox.catalog import Catalog
+        from scorebox.errors import ModelError
+
+        try:
+            existing = Catalog.from_settings(settings, engine).resolve(
+                settings.model_name, "latest"
+            )
+        except ModelError:
+            existing = None
+        if existing is not None:
+            console.print(
+                f"{existing.tag} is registered already; nothing trained (--if-missing). "
+                "`scorebox train` trains a new version",
+                highlight=False,
+                markup=False,
+            )
+            return
+    from training.train import train as run_training
+
     with console.status("training") as status:
         result = run_training(settings, engine, step=lambda text: status.update(text))
     info = result.info

@@ -281,7 +281,7 @@ def _compare(
         b,
         catalog.info(a),
         catalog.info(b),
-        table or settings.feature_table,
+        settings.feature_table if table is None else table,
         settings.id_column,
         labels,
         settings.random_state,

@@ -53,13 +53,18 @@ def demo(
             record = flow.first_record(engine, settings, trained.info.feature_names)
             sample = flow.sample_predictions(engine, settings, trained.tag)
             _summary(engine, settings, trained, job, sample)
-            curl = flow.curl_command(settings, trained.info.feature_names, record)
-            console.print(f"try it: {curl}", highlight=False, markup=False, soft_wrap=True)
             client.close()
             if keep_serving:
+                curl = flow.curl_command(settings, trained.info.feature_names, record)
+                console.print(f"try it: {curl}", highlight=False, markup=False, soft_wrap=True)
                 console.print("service still running; press Ctrl-C to stop")
                 while True:
                     time.sleep(3600)
+            console.print(
+                "the demo stopped its service and worker; `scorebox demo --keep-serving` leaves "
+                "the service up and prints a curl command that calls it",
+                highlight=False,
+            )
     except KeyboardInterrupt:
         console.print("stopped; every process the demo started is gone")
     engine.dispose()

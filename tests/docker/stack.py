@@ -94,9 +94,12 @@ class Stack:
     ) -> subprocess.CompletedProcess[str]:
         """Run docker-compose on this project; fail the test with its output unless it exits 0
         (when ``check``)."""
-        command = [COMPOSE, "-p", PROJECT, "--env-file", str(env_file or self.env_file), *args]
+        chosen = str(env_file or self.env_file)
+        command = [COMPOSE, "-p", PROJECT, "--env-file", chosen, *args]
+        # The same file is what compose interpolates and what it hands the containers.
+        env = self.env | {"ENV_FILE": chosen}
         done = subprocess.run(
-            command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
         if check and done.returncode != 0:
             pytest.fail(f"{' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
