@@ -11,34 +11,24 @@ anything else fails the job with a one-line reason, so no job is left running fo
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import (
-    Engine,
-    exists,
-    func,
-    literal,
-    select,
-    tuple_,
-    update,
-)
-from sqlalchemy.engine import Connection
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from scorebox.db import Tables, utcnow
+from scorebox import ledger
+from scorebox.db import Tables
 from scorebox.encoding import ValueProblem, encode_columns, label_text
 from scorebox.errors import ScoreboxError
 from scorebox.features import Feature
+from scorebox.ledger import Claim
 from scorebox.profile import count_chunk
 from worker.client import ServiceClient, ServiceRefused, ServiceUnavailable
-from worker.jobs import ACTIVE, fail_job
-from worker.store import Lease, Rows, Scored, Store, predictions_of, transient_adbc
+from worker.store import Rows, Scored, Store, predictions_of, transient_adbc
 
 log = logging.getLogger(__name__)
 
@@ -51,116 +41,31 @@ class Permanent(ScoreboxError):
     """An error retrying will not mend: the job fails with this one-line reason."""
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A chunk leased to this worker."""
-
-    job_id: int
-    chunk_no: int
-    id_lo: str
-    id_hi: str
-    token: str
-    attempt: int
-    job: dict[str, Any]
-
-    @property
-    def lease(self) -> Lease:
-        """What the write must still hold."""
-        return Lease(
-            self.job_id, self.chunk_no, self.token, self.job["table_name"], self.job["model_tag"]
-        )
-
-
-def _now(conn: Connection) -> Any:
-    """The database's clock (PostgreSQL), or this machine's where there is no server (SQLite)."""
-    return func.clock_timestamp() if conn.dialect.name == "postgresql" else literal(utcnow())
-
-
-def _lease_end(conn: Connection, seconds: float) -> Any:
-    if conn.dialect.name == "postgresql":
-        return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-    return literal(utcnow() + timedelta(seconds=seconds))
-
-
 def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: float) -> Claim | None:
     """Lease the chunk if it is pending (or its lease expired) and its job is active."""
-    chunks, jobs = tables.chunks, tables.jobs
-    token = str(uuid.uuid4())
     with engine.begin() as conn:
-        now = _now(conn)
-        claimable = (
-            select(chunks.c.job_id, chunks.c.chunk_no)
-            .where(
-                chunks.c.job_id == job_id,
-                chunks.c.chunk_no == chunk_no,
-                (chunks.c.status == "pending")
-                | ((chunks.c.status == "running") & (chunks.c.lease_expires_at < now)),
-                exists().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)),
-            )
-            .with_for_update(skip_locked=True)
-        )
-        row = conn.execute(
-            update(chunks)
-            .where(tuple_(chunks.c.job_id, chunks.c.chunk_no).in_(claimable))
-            .values(
-                status="running",
-                lease_token=token,
-                lease_expires_at=_lease_end(conn, lease),
-                attempt=chunks.c.attempt + 1,
-                updated_at=now,
-            )
-            .returning(chunks.c.id_lo, chunks.c.id_hi, chunks.c.attempt)
-        ).first()
-        if row is None:
-            return None
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == "queued")
-            .values(status="running", started_at=utcnow())
-        )
-        job = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
-    return Claim(job_id, chunk_no, row.id_lo, row.id_hi, token, row.attempt, dict(job))
+        return ledger.claim(conn, tables, job_id, chunk_no, lease)
 
 
-def _end_lease(conn: Connection, tables: Tables, claim: Claim, **values: Any) -> None:
-    """Set ``values`` on the chunk and drop its lease, if this worker still holds it."""
-    chunks = tables.chunks
-    conn.execute(
-        update(chunks)
-        .where(
-            chunks.c.job_id == claim.job_id,
-            chunks.c.chunk_no == claim.chunk_no,
-            chunks.c.lease_token == claim.token,
-        )
-        .values(lease_token=None, updated_at=utcnow(), **values)
-    )
-
-
-def release(engine: Engine, tables: Tables, claim: Claim) -> None:
+def release(engine: Engine, tables: Tables, leased: Claim) -> None:
     """Give the chunk back (status pending) so a retry can claim it at once; if the database is
     still away, the lease expires and the sweeper queues the chunk again."""
     try:
         with engine.begin() as conn:
-            # A released attempt ended cleanly: only attempts that died count against a chunk.
-            _end_lease(conn, tables, claim, status="pending", attempt=tables.chunks.c.attempt - 1)
+            ledger.release(conn, tables, leased)
     except (OperationalError, InterfaceError):
-        log.warning("chunk %s/%s: could not release, lease will expire", *claim_ids(claim))
+        log.warning("chunk %s/%s: could not release, lease will expire", *claim_ids(leased))
 
 
-def claim_ids(claim: Claim) -> tuple[int, int]:
+def claim_ids(leased: Claim) -> tuple[int, int]:
     """(job id, chunk number) for log lines."""
-    return claim.job_id, claim.chunk_no
+    return leased.job_id, leased.chunk_no
 
 
 def fail(engine: Engine, tables: Tables, job_id: int, chunk_no: int, error: str) -> None:
     """Mark the chunk and its job failed with ``error``; what other chunks wrote stays."""
     with engine.begin() as conn:
-        conn.execute(
-            update(tables.chunks)
-            .where(tables.chunks.c.job_id == job_id, tables.chunks.c.chunk_no == chunk_no)
-            .values(status="failed", lease_token=None, error=error, updated_at=utcnow())
-        )
-        fail_job(conn, tables, job_id, error)
+        ledger.fail_chunk(conn, tables, job_id, chunk_no, error)
 
 
 def _database_reason(sqlstate: str | None, first: str, tables: Tables) -> str:

@@ -1,21 +1,20 @@
 """Jobs: submitting (checking the table, planning chunks by key order), cancelling, resuming and
-reading them. Plain functions over an engine; Celery only enters through the ``enqueue`` callable.
-
-Lock order, everywhere a transaction takes more than one kind of row lock (writing a chunk,
-claiming, cancelling, resuming, failing): prediction rows (in key order), then chunk rows (in
-chunk order), then the job row. Keeping to it is what makes cancel safe against live workers.
+reading them. Plain functions over an engine, each one transaction over the job ledger
+(scorebox/ledger.py, which owns every statement on jobs and chunks and the lock order); Celery
+only enters through the ``enqueue`` callable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, select, text, update
+from sqlalchemy import Engine, Table, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from scorebox import ledger
 from scorebox.catalog import Catalog
 from scorebox.db import Tables, reflect, utcnow
 from scorebox.errors import ModelError, ScoreboxError
@@ -30,9 +29,6 @@ from worker.reading import read_as, unscored
 log = logging.getLogger(__name__)
 
 MODES = ("all", "new")
-ACTIVE = ("queued", "running")
-# A job that scored every row it could; "succeeded_with_errors" when some rows failed.
-FINISHED_OK = ("succeeded", "succeeded_with_errors")
 Enqueue = Callable[[int, int, str], None]
 
 
@@ -168,36 +164,29 @@ def submit_job(
                 conn.execute(text("SET LOCAL work_mem = '256MB'"))
         chunks = plan(conn, source, settings.id_column, settings.chunk_size, where)
         total = sum(rows for _, _, rows in chunks)
-        job_id = conn.execute(
-            tables.jobs.insert()
-            .values(
-                table_name=str(name),
-                model_tag=served,
-                model_ref=model_tag,
-                reference=reference,
-                mode=mode,
-                status="queued" if chunks else "succeeded",
-                rows_total=total,
-                id_column=settings.id_column,
-                features=features,
-                chunk_size=settings.chunk_size,
-                chunks_total=len(chunks),
-                finished_at=None if chunks else utcnow(),
-                key_kind=key_kind,
-                key_type=_sql_type(conn, name, settings.id_column),
-                queue=queue,
-                max_failed_rows=max_failed(max_failed_rows, total),
-            )
-            .returning(tables.jobs.c.id)
-        ).scalar_one()
-        if chunks:
-            conn.execute(
-                tables.chunks.insert(),
-                [
-                    {"job_id": job_id, "chunk_no": n, "id_lo": str(lo), "id_hi": str(hi)}
-                    for n, (lo, hi, _) in enumerate(chunks)
-                ],
-            )
+        job_id = ledger.record(
+            conn,
+            tables,
+            {
+                "table_name": str(name),
+                "model_tag": served,
+                "model_ref": model_tag,
+                "reference": reference,
+                "mode": mode,
+                "status": "queued" if chunks else "succeeded",
+                "rows_total": total,
+                "id_column": settings.id_column,
+                "features": features,
+                "chunk_size": settings.chunk_size,
+                "chunks_total": len(chunks),
+                "finished_at": None if chunks else utcnow(),
+                "key_kind": key_kind,
+                "key_type": _sql_type(conn, name, settings.id_column),
+                "queue": queue,
+                "max_failed_rows": max_failed(max_failed_rows, total),
+            },
+            [(lo, hi) for lo, hi, _ in chunks],
+        )
     for n in range(len(chunks)):
         enqueue(job_id, n, queue)
     log.info("job %s: %s rows of %s in %s chunks", job_id, total, name, len(chunks))
@@ -259,43 +248,12 @@ def _reference(catalog: Catalog, tag: str) -> dict[str, Any] | None:
     }
 
 
-def fail_job(conn: Connection, tables: Tables, job_id: int, error: str) -> None:
-    """Mark an active job failed with ``error`` (one line); what its chunks wrote stays."""
-    conn.execute(
-        update(tables.jobs)
-        .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-        .values(status="failed", error=" ".join(error.split()), finished_at=utcnow())
-    )
-
-
-def _lock_chunks(conn: Connection, tables: Tables, job_id: int) -> None:
-    """Lock a job's unfinished chunks in chunk order (see the lock order above)."""
-    chunks = tables.chunks
-    conn.execute(
-        select(chunks.c.chunk_no)
-        .where(chunks.c.job_id == job_id, chunks.c.status != "done")
-        .order_by(chunks.c.chunk_no)
-        .with_for_update()
-    ).all()
-
-
 def cancel_job(engine: Engine, settings: Settings, job_id: int) -> bool:
     """Stop a queued or running job; chunks not yet written are not written. True if cancelled."""
     tables = Tables.build(settings.predictions_table)
-    get_job(engine, settings, job_id)
     with engine.begin() as conn:
-        _lock_chunks(conn, tables, job_id)
-        conn.execute(
-            update(tables.chunks)
-            .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
-            .values(status="cancelled", lease_token=None, updated_at=utcnow())
-        )
-        done = conn.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE))
-            .values(status="cancelled", finished_at=utcnow(), error="cancelled by user")
-        ).rowcount
-    return bool(done)
+        ledger.get(conn, tables, job_id)
+        return ledger.cancel(conn, tables, job_id)
 
 
 def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int) -> int:
@@ -304,32 +262,11 @@ def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int
     nothing is scored twice."""
     tables = Tables.build(settings.predictions_table)
     job = get_job(engine, settings, job_id)
-    if job["status"] in FINISHED_OK:
+    if job["status"] in ledger.FINISHED_OK:
         return 0
     queue = deployment_queue(settings, str(job["model_tag"]).partition(":")[0], engine)
     with engine.begin() as conn:
-        _lock_chunks(conn, tables, job_id)
-        chunks = [
-            row[0]
-            for row in conn.execute(
-                update(tables.chunks)
-                .where(tables.chunks.c.job_id == job_id, tables.chunks.c.status != "done")
-                .values(
-                    status="pending", lease_token=None, error=None, attempt=0, updated_at=utcnow()
-                )
-                .returning(tables.chunks.c.chunk_no)
-            )
-        ]
-        conn.execute(
-            update(tables.jobs)
-            .where(tables.jobs.c.id == job_id)
-            .values(
-                status="running" if chunks else "succeeded",
-                error=None,
-                finished_at=None,
-                queue=queue,
-            )
-        )
+        chunks = ledger.reopen(conn, tables, job_id, queue)
     for n in chunks:
         enqueue(job_id, n, queue)
     return len(chunks)
@@ -337,57 +274,24 @@ def resume_job(engine: Engine, settings: Settings, enqueue: Enqueue, job_id: int
 
 def get_job(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any]:
     """A job's row, or a ScoreboxError naming the missing id."""
-    jobs = Tables.build(settings.predictions_table).jobs
-    if not 0 < job_id < 2**31:
-        raise ScoreboxError(f"no job with id {job_id}")
     with engine.connect() as conn:
-        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
-    if row is None:
-        raise ScoreboxError(f"no job with id {job_id}")
-    return dict(row)
-
-
-LISTED = (
-    "id",
-    "status",
-    "rows_scored",
-    "rows_failed",
-    "rows_total",
-    "created_at",
-    "table_name",
-    "model_tag",
-    "model_ref",
-    "mode",
-    "error",
-    "queue",
-)
+        return ledger.get(conn, Tables.build(settings.predictions_table), job_id)
 
 
 def list_jobs(
     engine: Engine, settings: Settings, limit: int | None = 20
-) -> tuple[Sequence[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int]:
     """The newest ``limit`` jobs first (every one with None), and how many there are."""
-    jobs = Tables.build(settings.predictions_table).jobs
-    query = select(*(jobs.c[c] for c in LISTED)).order_by(jobs.c.id.desc())
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
-        rows = conn.execute(query if limit is None else query.limit(limit)).mappings()
-        return [dict(r) for r in rows], int(total)
+        return ledger.listing(conn, Tables.build(settings.predictions_table), limit)
 
 
 def failed_rows(
     engine: Engine, settings: Settings, job_id: int, limit: int = 20
 ) -> list[dict[str, Any]]:
     """Rows of a job that could not be scored, with the reason."""
-    failed = Tables.build(settings.predictions_table).failed
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(failed.c.row_id, failed.c.reason)
-            .where(failed.c.job_id == job_id)
-            .order_by(failed.c.row_id)
-            .limit(limit)
-        ).mappings()
-        return [dict(r) for r in rows]
+        return ledger.failed_rows(conn, Tables.build(settings.predictions_table), job_id, limit)
 
 
 def job_drift(engine: Engine, settings: Settings, job_id: int) -> list[Drift] | None:
@@ -396,25 +300,16 @@ def job_drift(engine: Engine, settings: Settings, job_id: int) -> list[Drift] | 
     from scorebox.profile import drift, merge
 
     tables = Tables.build(settings.predictions_table)
-    job = get_job(engine, settings, job_id)
-    reference = job.get("reference")
-    if not reference or not reference.get("profile"):
-        return None
     with engine.connect() as conn:
-        profiles = conn.execute(
-            select(tables.chunks.c.profile).where(
-                tables.chunks.c.job_id == job_id, tables.chunks.c.status == "done"
-            )
-        ).scalars()
-        merged = merge(profiles)
+        job = ledger.get(conn, tables, job_id)
+        reference = job.get("reference")
+        if not reference or not reference.get("profile"):
+            return None
+        merged = merge(ledger.done_profiles(conn, tables, job_id))
     return drift(reference["profile"], merged)
 
 
 def latest_job_id(engine: Engine, settings: Settings) -> int:
     """The newest job's id (a ScoreboxError when there is none)."""
-    jobs = Tables.build(settings.predictions_table).jobs
     with engine.connect() as conn:
-        found = conn.execute(select(func.max(jobs.c.id))).scalar()
-    if found is None:
-        raise ScoreboxError("no job yet; `scorebox score` queues one")
-    return int(found)
+        return ledger.latest_id(conn, Tables.build(settings.predictions_table))

@@ -6,8 +6,9 @@ A chunk's write is one transaction, bounded by what is left of its lease (statem
 idle timeouts) and fenced at its end: predictions are copied into the table in key order (or,
 when some are there already, staged and upserted in key order), failed rows recorded, and the
 chunk marked done only if its lease is still this worker's and unexpired; otherwise nothing is
-written. Locks are taken in the order the whole worker keeps (see
-worker/jobs.py): prediction rows, then the chunk row, then the job row.
+written. The chunk's completion is the ledger's (scorebox/ledger.py), as are the lock order and
+the fence's statements. Locks are taken in that order: prediction rows, then the chunk row, then
+the job row.
 """
 
 from __future__ import annotations
@@ -21,25 +22,16 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Engine, and_, case, exists, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
+from scorebox import ledger
 from scorebox.db import Tables, insert_for, reflect, utcnow
+from scorebox.ledger import Lease
 from scorebox.names import TableName, parse_table
 from worker.reading import key_value, unscored
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The chunk a write belongs to and the token that must still hold it."""
-
-    job_id: int
-    chunk_no: int
-    token: str
-    table_name: str
-    model_tag: str
 
 
 @dataclass(frozen=True)
@@ -274,18 +266,13 @@ class PostgresStore:
         tables = self._tables
         chunks, jobs = _table(_name(tables.chunks)), _table(_name(tables.jobs))
         predictions, failed_rows = _table(_name(tables.predictions)), _table(_name(tables.failed))
-        ids = (lease.job_id, lease.chunk_no, lease.token)
+
+        names = {"chunks": chunks, "jobs": jobs}
 
         def work(connection: Any, direct: bool) -> bool:
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT CAST(floor(extract(epoch FROM lease_expires_at - clock_timestamp())"
-                    f" * 1000) AS bigint) FROM {chunks}"
-                    " WHERE job_id = $1 AND chunk_no = $2 AND lease_token = $3",
-                    ids,
-                )
-                left = cursor.fetchall()
-                if not left or left[0][0] is None or left[0][0] <= 0:
+                left = ledger.lease_left_adbc(cursor, names, lease)
+                if left is None or left <= 0:
                     connection.rollback()
                     return False
                 # No statement, lock wait or idle moment of this transaction outlives the lease.
@@ -296,7 +283,7 @@ class PostgresStore:
                     "set_config('lock_timeout', $1, true), "
                     "set_config('idle_in_transaction_session_timeout', $1, true), "
                     "set_config('work_mem', $2, true)",
-                    (str(left[0][0]), _SORT_MEMORY),
+                    (str(left), _SORT_MEMORY),
                 )
                 cursor.fetchall()
                 if scored.count and direct:
@@ -328,31 +315,27 @@ class PostgresStore:
                 if scored.failed:
                     reasons = pa.table(
                         {
-                            "row_id": [k for k, _ in scored.failed],
+                            "row_id": pa.array([str(k) for k, _ in scored.failed], pa.string()),
                             "reason": [r for _, r in scored.failed],
                         }
                     )
                     cursor.adbc_ingest("_scorebox_failed", reasons, mode="replace", temporary=True)
                     cursor.execute(
-                        f"INSERT INTO {failed_rows} (job_id, row_id, reason) SELECT $1, row_id, "
-                        'reason FROM _scorebox_failed ORDER BY row_id COLLATE "C" '
-                        "ON CONFLICT (job_id, row_id) "
-                        "DO UPDATE SET reason = excluded.reason",
+                        ledger.ADBC_FAILED.format(failed=failed_rows, staged="_scorebox_failed"),
                         (lease.job_id,),
                     )
                 # The fence, last: the lease must still be this worker's and unexpired now.
-                cursor.execute(
-                    f"UPDATE {chunks} SET status = 'done', lease_token = NULL, rows_scored = $4, "
-                    "rows_failed = $5, profile = CAST($6 AS json), updated_at = now() "
-                    "WHERE job_id = $1 AND chunk_no = $2 "
-                    "AND lease_token = $3 AND status = 'running' "
-                    "AND lease_expires_at > clock_timestamp() RETURNING 1",
-                    (*ids, scored.count, len(scored.failed), json.dumps(scored.profile)),
+                finished = ledger.finish_chunk_adbc(
+                    cursor,
+                    names,
+                    lease,
+                    scored.count,
+                    len(scored.failed),
+                    json.dumps(scored.profile),
                 )
-                if not cursor.fetchall():
+                if not finished:
                     connection.rollback()
                     return False
-                _finish_job(cursor, jobs, chunks, lease.job_id, scored.count, len(scored.failed))
             connection.commit()
             return True
 
@@ -397,33 +380,6 @@ def _given(name: str) -> str:
 
 def _name(table: Any) -> TableName:
     return TableName(table.schema, table.name)
-
-
-def _finish_job(cursor: Any, jobs: str, chunks: str, job_id: int, scored: int, failed: int) -> None:
-    """Count the chunk's rows on its job; fail the job past --max-failed-rows; end it when this
-    was its last chunk (a new statement sees every chunk committed before it took the job row)."""
-    cursor.execute(
-        f"UPDATE {jobs} SET rows_scored = rows_scored + $2, rows_failed = rows_failed + $3 "
-        "WHERE id = $1",
-        (job_id, scored, failed),
-    )
-    if failed:
-        cursor.execute(
-            f"UPDATE {jobs} SET status = 'failed', finished_at = now(), error = "
-            "rows_failed || ' rows failed, more than --max-failed-rows ' || max_failed_rows || "
-            "'; see `scorebox jobs show ' || id || '`' "
-            "WHERE id = $1 AND status IN ('queued', 'running') AND rows_failed > max_failed_rows",
-            (job_id,),
-        )
-    cursor.execute(
-        f"UPDATE {jobs} SET status = CASE WHEN rows_failed > 0 THEN 'succeeded_with_errors' "
-        "ELSE 'succeeded' END, finished_at = now(), "
-        # Rows inserted into a chunk's id range after submission are scored too: count them.
-        "rows_total = GREATEST(rows_total, rows_scored + rows_failed) "
-        "WHERE id = $1 AND status = 'running' "
-        f"AND NOT EXISTS (SELECT 1 FROM {chunks} WHERE job_id = $1 AND status <> 'done')",
-        (job_id,),
-    )
 
 
 # --- any other database, through SQLAlchemy ----------------------------------------------------
@@ -480,7 +436,6 @@ class PortableStore:
 
     def write(self, lease: Lease, scored: Scored) -> bool:
         tables = self._tables
-        chunks, jobs = tables.chunks, tables.jobs
         now = utcnow()
         with self._engine.begin() as conn:
             if scored.count:
@@ -503,84 +458,16 @@ class PortableStore:
                     rows,
                 )
             if scored.failed:
-                insert = insert_for(conn, tables.failed)
-                conn.execute(
-                    insert.on_conflict_do_update(
-                        index_elements=["job_id", "row_id"], set_={"reason": insert.excluded.reason}
-                    ),
-                    [{"job_id": lease.job_id, "row_id": k, "reason": r} for k, r in scored.failed],
-                )
-            fenced = conn.execute(
-                update(chunks)
-                .where(
-                    chunks.c.job_id == lease.job_id,
-                    chunks.c.chunk_no == lease.chunk_no,
-                    chunks.c.lease_token == lease.token,
-                    chunks.c.status == "running",
-                    chunks.c.lease_expires_at > now,
-                )
-                .values(
-                    status="done",
-                    lease_token=None,
-                    rows_scored=scored.count,
-                    rows_failed=len(scored.failed),
-                    updated_at=now,
-                    profile=scored.profile,
-                )
-            ).rowcount
-            if fenced == 0:
+                ledger.record_failed(conn, tables, lease.job_id, scored.failed)
+            finished = ledger.finish_chunk(
+                conn, tables, lease, scored.count, len(scored.failed), scored.profile
+            )
+            if not finished:
                 conn.rollback()
                 log.warning(
                     "chunk %s/%s: lease lost, nothing written", lease.job_id, lease.chunk_no
                 )
                 return False
-            failed = len(scored.failed)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == lease.job_id)
-                .values(
-                    rows_scored=jobs.c.rows_scored + scored.count,
-                    rows_failed=jobs.c.rows_failed + failed,
-                )
-            )
-            if failed:
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == lease.job_id,
-                        jobs.c.status.in_(("queued", "running")),
-                        jobs.c.rows_failed > jobs.c.max_failed_rows,
-                    )
-                    .values(
-                        status="failed",
-                        finished_at=now,
-                        error=f"more rows failed than --max-failed-rows; see `scorebox jobs show "
-                        f"{lease.job_id}`",
-                    )
-                )
-            conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == lease.job_id,
-                    jobs.c.status == "running",
-                    ~exists().where(
-                        and_(chunks.c.job_id == lease.job_id, chunks.c.status != "done")
-                    ),
-                )
-                .values(
-                    status=case(
-                        (jobs.c.rows_failed > 0, "succeeded_with_errors"), else_="succeeded"
-                    ),
-                    finished_at=now,
-                    rows_total=case(
-                        (
-                            jobs.c.rows_scored + jobs.c.rows_failed > jobs.c.rows_total,
-                            jobs.c.rows_scored + jobs.c.rows_failed,
-                        ),
-                        else_=jobs.c.rows_total,
-                    ),
-                )
-            )
         return True
 
 

@@ -13,12 +13,11 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable
-from datetime import timedelta
 
-from sqlalchemy import Engine, func, literal, or_, select, text, tuple_, update
+from sqlalchemy import Engine
 
-from scorebox.db import Tables, utcnow
-from worker.jobs import ACTIVE
+from scorebox import ledger
+from scorebox.db import Tables
 
 log = logging.getLogger(__name__)
 
@@ -35,40 +34,8 @@ def sweep(
     enqueue: Callable[[int, int, str], None],
 ) -> int:
     """Send again the chunks of this queue's active jobs that need it; return how many."""
-    chunks, jobs = tables.chunks, tables.jobs
     with engine.begin() as conn:
-        postgres = conn.dialect.name == "postgresql"
-        if postgres:
-            got = conn.execute(
-                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _lock_key(queue)}
-            ).scalar()
-            if not got:
-                return 0
-        now = func.clock_timestamp() if postgres else literal(utcnow())
-        stale = (
-            now - func.make_interval(0, 0, 0, 0, 0, 0, lease)
-            if postgres
-            else literal(utcnow() - timedelta(seconds=lease))
-        )
-        due = (
-            select(chunks.c.job_id, chunks.c.chunk_no)
-            .where(
-                chunks.c.job_id.in_(
-                    select(jobs.c.id).where(jobs.c.status.in_(ACTIVE), jobs.c.queue == queue)
-                ),
-                or_(
-                    (chunks.c.status == "running") & (chunks.c.lease_expires_at < now),
-                    (chunks.c.status == "pending") & (chunks.c.updated_at < stale),
-                ),
-            )
-            .with_for_update(skip_locked=True)
-        )
-        resent = conn.execute(
-            update(chunks)
-            .where(tuple_(chunks.c.job_id, chunks.c.chunk_no).in_(due))
-            .values(status="pending", lease_token=None, updated_at=now)
-            .returning(chunks.c.job_id, chunks.c.chunk_no)
-        ).all()
+        resent = ledger.due_again(conn, tables, queue, lease, _lock_key(queue))
     for job_id, chunk_no in resent:
         enqueue(job_id, chunk_no, queue)
     if resent:

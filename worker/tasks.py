@@ -13,6 +13,7 @@ from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 from sqlalchemy import Engine
 
+from scorebox import ledger
 from scorebox.db import Tables, make_engine
 from scorebox.settings import Settings, get_settings
 from worker import health, schedule
@@ -26,7 +27,7 @@ from worker.celery_app import (
 )
 from worker.chunks import is_transient, run_chunk
 from worker.client import ServiceClient
-from worker.jobs import fail_job, submit_job
+from worker.jobs import submit_job
 from worker.store import Store, make_store
 from worker.sweeper import Sweeper, sweep
 
@@ -101,7 +102,7 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
         reason = " ".join(str(exc).split())[:300]
         if retries >= settings.service_retries:
             with engine.begin() as conn:
-                fail_job(conn, tables, job_id, f"gave up after {retries} retries: {reason}")
+                ledger.fail_job(conn, tables, job_id, f"gave up after {retries} retries: {reason}")
             return "failed"
         delay = min(2**retries, 30)
         log.warning(
