@@ -23,7 +23,7 @@ from scorebox.encoding import label_text
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo
 from scorebox.names import require_column, resolve_table
-from scorebox.profile import probability_edges, quantile_edges
+from scorebox.profile import probability_edges, quantile_edges, score_kind
 from scorebox.profile import psi as profile_psi
 
 BOOTSTRAP = 400
@@ -66,11 +66,11 @@ def _keys(info: ModelInfo) -> list[str]:
 
 
 def _scores(frame: pd.DataFrame, suffix: str, info: ModelInfo) -> np.ndarray:
-    """The number each row is judged by: the positive class's probability (two classes), the
-    predicted class's probability (more), or the predicted value (regression)."""
-    if info.task == "regression":
+    """The number each row is judged by (scorebox/profile.py's score_kind)."""
+    kind = score_kind(info.task, info.classes or [])
+    if kind == "value":
         return frame[f"predicted_value{suffix}"].to_numpy(dtype=np.float64)
-    if len(info.classes or []) == 2:
+    if kind == "second":
         return _probability_matrix(frame, suffix, _keys(info))[:, 1]
     return frame[f"probability{suffix}"].to_numpy(dtype=np.float64)
 

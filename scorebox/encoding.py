@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from scorebox.errors import one_line
 from scorebox.features import Feature
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -382,7 +383,7 @@ def encode_columns(features: Sequence[Feature], columns: Mapping[str, Any]) -> E
         try:
             values, problems = _column(feature, array, unseen)
         except pa.ArrowException as exc:  # a value Arrow cannot convert (bad UTF-8, a date far out)
-            reason = " ".join(str(exc).split())[:200]
+            reason = one_line(exc, 200)
             raise ValueProblem(f"column {feature.name!r} ({array.type}): {reason}") from None
         matrix[:, j] = values
         if problems is not None:

@@ -24,3 +24,19 @@ class TrustError(ModelError):
     def __init__(self, message: str, reason: str = "tampered") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """An error's message (or any text) on one line, at most ``limit`` characters."""
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text[:limit]
+
+
+def database_reason(error: BaseException) -> str:
+    """The first line of what the database said (a DBAPI error's own message, not the statement
+    SQLAlchemy adds to it), on one line."""
+    said = getattr(error, "orig", None) or error
+    lines = str(said).strip().splitlines()
+    return one_line(lines[0] if lines else repr(said))

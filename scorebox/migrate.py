@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 
 from scorebox.db import Tables
-from scorebox.errors import ConfigError
+from scorebox.errors import ConfigError, database_reason
 from scorebox.names import parse_table
 
 VERSION_TABLE = "scorebox_alembic_version"
@@ -50,7 +50,7 @@ def wait_for_database(
                 _check_encoding(conn)
             return
         except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            reason = database_reason(exc)
             reason = reason.removeprefix("connection failed: ")
             waited = time.monotonic() - start
             starting = any(s in str(exc.orig) for s in _STARTING)

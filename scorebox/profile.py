@@ -83,14 +83,25 @@ def _count(layout: Mapping[str, Any], values: np.ndarray, unseen: int = 0) -> np
     return counts
 
 
+def score_kind(task: str, classes: Sequence[Any]) -> str:
+    """Which number a row is judged by (for drift, compare and their charts): ``value``, the
+    predicted value (regression); ``second``, the second class's probability (two classes);
+    ``top``, the predicted class's probability (more classes). The one rule every caller
+    follows, whatever form its predictions have."""
+    if task == "regression":
+        return "value"
+    return "second" if len(classes) == 2 else "top"
+
+
 def score_of(
     task: str, classes: Sequence[Any], probabilities: np.ndarray | None, values: Any
 ) -> np.ndarray:
-    """The number a row is judged by: the second class's probability (two classes), the
-    predicted class's probability (more), or the predicted value (regression)."""
-    if task == "regression" or probabilities is None:
+    """The number each row is judged by (:func:`score_kind`), from a probability matrix (a
+    column a class) or predicted values."""
+    kind = score_kind(task, classes)
+    if kind == "value" or probabilities is None:
         return np.asarray(values, dtype=np.float64)
-    if len(classes) == 2:
+    if kind == "second":
         return np.asarray(probabilities[:, 1], dtype=np.float64)
     return np.asarray(probabilities.max(axis=1), dtype=np.float64)
 

@@ -23,10 +23,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from scorebox import ledger
 from scorebox.db import Tables
 from scorebox.encoding import ValueProblem, encode_columns, label_text
-from scorebox.errors import ScoreboxError
+from scorebox.errors import ScoreboxError, database_reason
 from scorebox.features import Feature
 from scorebox.ledger import Claim
-from scorebox.profile import count_chunk
+from scorebox.profile import count_chunk, score_kind
 from worker.client import ServiceClient, ServiceRefused, ServiceUnavailable
 from worker.store import Rows, Scored, Store, predictions_of, transient_adbc
 
@@ -96,8 +96,7 @@ def explain(exc: BaseException, tables: Tables) -> str:
     if isinstance(exc, SoftTimeLimitExceeded):
         return "a chunk took longer than the task's time limit; lower SCOREBOX_CHUNK_SIZE"
     if isinstance(exc, DBAPIError):
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        return _database_reason(getattr(exc.orig, "sqlstate", None), first, tables)
+        return _database_reason(getattr(exc.orig, "sqlstate", None), database_reason(exc), tables)
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
@@ -188,14 +187,13 @@ def chunk_profile(
     except (ValueProblem, KeyError):
         return None
     valid = encoded.valid
-    if reference["task"] == "regression":
-        scores = result.column("predicted_value").to_numpy(zero_copy_only=False)
-    elif len(reference["classes"]) == 2:
-        second = label_text(reference["classes"][1])
-        scores = result.column(f"p:{second}").to_numpy(zero_copy_only=False)
-    else:
-        scores = result.column("probability").to_numpy(zero_copy_only=False)
-    scores = np.asarray(scores, dtype=np.float64)[valid]
+    kind = score_kind(reference["task"], reference["classes"])
+    column = {
+        "value": "predicted_value",
+        "top": "probability",
+        "second": f"p:{label_text(reference['classes'][-1])}",
+    }[kind]
+    scores = np.asarray(result.column(column).to_numpy(zero_copy_only=False), np.float64)[valid]
     names = [f.name for f in features]
     return count_chunk(reference["profile"], names, encoded.matrix[valid], encoded.unseen, scores)
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
-from scorebox.errors import ScoreboxError
+from scorebox.errors import ScoreboxError, one_line
 from scorebox.settings import Settings
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
@@ -109,4 +109,4 @@ def _reason(response: httpx.Response) -> str:
     except ValueError:
         body = None
     reason = str(body["error"]) if isinstance(body, dict) and "error" in body else response.text
-    return " ".join(reason.split())[:500]
+    return one_line(reason)

@@ -30,6 +30,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from scorebox.db import make_engine
+from scorebox.errors import one_line
 from scorebox.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def answers(engine: Engine, broker: redis.Redis[bytes]) -> bool:
         broker.ping()
     except Exception as exc:
         # Any failure means "not ready"; the next check tries again.
-        log.warning("worker not ready: %s", " ".join(str(exc).split())[:300])
+        log.warning("worker not ready: %s", one_line(exc, 300))
         return False
     return True
 

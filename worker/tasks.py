@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from scorebox import ledger
 from scorebox.db import Tables, make_engine
+from scorebox.errors import database_reason, one_line
 from scorebox.settings import Settings, get_settings
 from worker import health, schedule
 from worker.celery_app import (
@@ -99,7 +100,7 @@ def score_chunk(self: Task, job_id: int, chunk_no: int, queue: str) -> str:
         if not is_transient(exc):
             raise
         retries = self.request.retries
-        reason = " ".join(str(exc).split())[:300]
+        reason = one_line(exc, 300)
         if retries >= settings.service_retries:
             with engine.begin() as conn:
                 ledger.fail_job(conn, tables, job_id, f"gave up after {retries} retries: {reason}")
@@ -123,7 +124,7 @@ def score_new_rows() -> int | None:
         job_id = submit_job(context.engine, settings, context.client, chunk_sender(app), mode="new")
     except Exception as exc:
         log.exception("scheduled job failed")
-        schedule.record(settings, _queue(settings), None, " ".join(str(exc).split())[:500])
+        schedule.record(settings, _queue(settings), None, one_line(exc))
         return None
     schedule.record(settings, _queue(settings), job_id, None)
     return job_id
@@ -156,7 +157,7 @@ def _consume_this_deployments_queue(sender: str, instance: Any, **_: Any) -> Non
     except ScoreboxError as exc:
         raise SystemExit(f"scorebox worker: {exc}") from None
     except Exception as exc:
-        first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        first = database_reason(exc)
         raise SystemExit(
             f"scorebox worker: cannot ask the database (SCOREBOX_DATABASE_URL) which queue is "
             f"this deployment's: {first}"

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from scorebox.db import make_engine
-from scorebox.errors import ScoreboxError
+from scorebox.errors import ScoreboxError, database_reason, one_line
 from scorebox.migrate import check_schema, wait_for_database
 from scorebox.settings import Settings
 
@@ -48,11 +48,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def one_line(error: BaseException) -> str:
-    """An error's message on one line."""
-    return " ".join(str(error).split())
-
-
 def friendly(command: Callable[P, R]) -> Callable[P, R]:
     """Print scorebox errors (and a database that went away) as one line and exit 1, without a
     traceback."""
@@ -63,10 +58,9 @@ def friendly(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except ScoreboxError as exc:
-            message = one_line(exc)
+            message = one_line(exc, 4000)
         except DBAPIError as exc:
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            message = f"database error: {first}"
+            message = f"database error: {database_reason(exc)}"
         err.print(Text.assemble(("error: ", "bold red"), message))
         raise typer.Exit(1)
 
