@@ -441,3 +441,37 @@ def test_integer_keys_are_written_as_text_in_byte_order_too() -> None:
     assert scored.table.column("row_id").type == pa.string()
     assert scored.table.column("row_id").to_pylist() == ["10", "2", "9"]
     assert scored.failed == [("100", "bad")]
+
+
+def test_drift_counts_an_evenly_spread_sample_of_a_large_chunk(trained: TrainedModel) -> None:
+    """A large chunk's drift is counted on 5,000 of its rows, spread over it; the counts say how
+    many, and their shares are those of every row, within sampling error."""
+    import pyarrow as pa
+
+    from scorebox.profile import psi
+    from scorebox.seed import example_frame
+    from worker.chunks import DRIFT_SAMPLE_ROWS, chunk_profile
+
+    info = trained.info
+    reference = {
+        "task": info.task,
+        "classes": info.classes,
+        "features": [f.to_dict() for f in info.features],
+        "profile": info.profile,
+    }
+    frame = example_frame()
+    rows = frame.iloc[np.random.default_rng(0).integers(0, len(frame), 60_000)]
+    table = pa.table({f.name: rows[f.name].to_numpy(float) for f in info.features})
+    p = np.random.default_rng(1).random(len(rows))
+    result = pa.table(
+        {"error": pa.nulls(len(rows), pa.string()), "probability": np.maximum(p, 1 - p)}
+        | {"p:0": 1 - p, "p:1": p}
+    )
+    sampled = chunk_profile(reference, table, result)
+    every = chunk_profile(reference, table, result, sample=len(rows))
+    assert sampled is not None and every is not None
+    for name, counts in sampled.items():
+        assert sum(counts) == DRIFT_SAMPLE_ROWS, name
+        assert sum(every[name]) == len(rows)
+        shares = (np.asarray(every[name]) / len(rows)).tolist()
+        assert psi(shares, np.asarray(counts)) < 0.02, name

@@ -174,13 +174,24 @@ def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
     return replace(scored, profile=chunk_profile(leased.job.get("reference"), rows.table, result))
 
 
+# Rows of a chunk counted for drift: at most this many, evenly spread over the chunk. The counts
+# hold exactly the rows counted, so every share (and PSI) is of the sample, said as such.
+DRIFT_SAMPLE_ROWS = 5_000
+
+
 def chunk_profile(
-    reference: dict[str, Any] | None, table: pa.Table, result: pa.Table
+    reference: dict[str, Any] | None,
+    table: pa.Table,
+    result: pa.Table,
+    sample: int = DRIFT_SAMPLE_ROWS,
 ) -> dict[str, list[int]] | None:
-    """The counts of a chunk's scored rows in the training profile's bins (for drift), or None
-    when the job's model has no profile."""
+    """The counts of (an evenly spread sample of at most ``sample``) rows a chunk scored, in the
+    training profile's bins (for drift), or None when the job's model has no profile."""
     if not reference or not reference.get("profile") or not table.num_rows:
         return None
+    if table.num_rows > sample:
+        picked = pa.array(np.linspace(0, table.num_rows - 1, sample).round().astype(np.int64))
+        table, result = table.take(picked), result.take(picked)
     features = [Feature.from_dict(f) for f in reference["features"]]
     try:
         encoded = encode_columns(features, {f.name: table.column(f.name) for f in features})
