@@ -114,8 +114,24 @@ def _bad_cases(record: dict[str, float]) -> list[tuple[str, bytes, int, str]]:
         ("not an object", body([1, 2]), 422, "records[0]"),
         ("malformed JSON", b'{"records": [', 400, "malformed JSON"),
         ("deep nesting", b'{"records": ' + b"[" * 100_000, 400, "malformed JSON"),
-        ("too many", body([record] * 10_001), 413, "limit is 10000"),
-        ("too many empty", body([{}] * 100_000), 413, "limit is 10000"),
+        (
+            "too many",
+            body([record] * 10_001),
+            413,
+            "more than 10000 records in one request; the limit is 10000",
+        ),
+        (
+            "too many empty",
+            body([{}] * 100_000),
+            413,
+            "more than 10000 records in one request; the limit is 10000",
+        ),
+        (
+            "too many values",
+            body([{f"f{i}": 1 for i in range(400_000)}]),
+            413,
+            "more values than 10000 records of 30 features hold; the limit is 10000 records",
+        ),
         (
             "many errors, few shown",
             body([{}] * 9_000),
