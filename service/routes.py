@@ -15,7 +15,7 @@ from scorebox.errors import ModelError
 from service import openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
-from service.models import RegistryAway
+from service.models import RegistryAway, public
 from service.predlog import request_id
 from service.records import BodyProblem, parse_records
 
@@ -63,9 +63,9 @@ async def _predictor(service: Scorebox, request: Request, current: Predictor) ->
     try:
         return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
     except RegistryAway as exc:
-        return Answer(503, {"error": f"cannot load {tag} now: {exc}"})
+        return Answer(503, {"error": public(f"cannot load {tag[:200]} now: {exc}")})
     except ModelError as exc:
-        return Answer(409, {"error": f"cannot serve {tag[:200]}: {exc}"})
+        return Answer(409, {"error": public(f"cannot serve {tag[:200]}: {exc}")})
 
 
 def routes(service: Scorebox) -> dict[tuple[str, str], Route]:

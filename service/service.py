@@ -23,7 +23,7 @@ from typing import Any
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from scorebox.catalog import Catalog
+from scorebox.catalog import Catalog, Resolved
 from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ARTIFACT
@@ -34,6 +34,7 @@ from service.models import (
     Following,
     Pinned,
     Serving,
+    check_name,
     count_refusal,
     load_predictor,
     registry_engine,
@@ -89,22 +90,25 @@ def _is_bentoml(pid: int) -> bool:
     return b"bentoml" in command
 
 
-def _check_stored(catalog: Catalog, tag: str) -> None:
-    """The version's signature, and the file the service will load, verified."""
-    version = catalog.local(tag)
+def _check_servable(catalog: Catalog, resolved: Resolved) -> None:
+    """The version is one of the served model's (an alias may point at another model's), its
+    signature and the file the service will load verified."""
+    check_name(resolved.tag, settings.model_name, f"{settings.model_name}:{resolved.ref}")
+    version = catalog.local(resolved.tag)
     version.read(ONNX_ARTIFACT if version.has(ONNX_ARTIFACT) else ARTIFACT)
 
 
 # Resolved and checked when the module loads (in `bentoml serve` itself, before any worker
 # starts): an alias or `latest` becomes one exact version, imported from the registry when this
 # machine's store lacks it; a missing model is one clear line rather than BentoML's attempt to
-# pull it from its cloud, and a version not signed by a trusted key, or whose files are not the
-# ones signed, stops the server.
+# pull it from its cloud, and a version of another model, not signed by a trusted key, or whose
+# files are not the ones signed, stops the server (each worker would fail to start, again and
+# again).
 REGISTRY = registry_engine(settings.database_url)
 CATALOG = Catalog.from_settings(settings, REGISTRY)
 try:
     RESOLVED = CATALOG.resolve(settings.model_name, settings.model_tag)
-    _check_stored(CATALOG, RESOLVED.tag)
+    _check_servable(CATALOG, RESOLVED)
 except ScoreboxError as exc:
     # BentoML prints a traceback for any other error while it imports this module.
     raise SystemExit(f"scorebox service: {exc}") from None
