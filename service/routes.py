@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from scorebox.errors import ModelError
-from service import openapi, page
+from service import bentoschema, openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
 from service.models import RegistryAway, public
@@ -68,8 +69,11 @@ async def _predictor(service: Scorebox, request: Request, current: Predictor) ->
         return Answer(409, {"error": public(f"cannot serve {tag[:200]}: {exc}")})
 
 
-def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
-    """The routes of ``service``, by (method, path)."""
+def routes(
+    service: Scorebox, bentoml_schema: Callable[[], dict[str, Any]]
+) -> dict[tuple[str, str], Route]:
+    """The routes of ``service``, by (method, path); ``bentoml_schema`` gives BentoML's own
+    schema of the service, to which ``/schema.json`` adds scorebox's routes."""
 
     async def predict(request: Request) -> Answer:
         """JSON records in, one prediction each out."""
@@ -159,17 +163,29 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         )
         return Answer(200, html.encode(), "text/html; charset=utf-8")
 
+    async def schema(request: Request) -> Answer:
+        """The service as BentoML's clients discover it, with scorebox's routes."""
+        paths = sorted({path for _, path in answered})
+        return Answer(
+            200,
+            bentoschema.document(
+                bentoml_schema(), service.predictor.info, service.max_records, paths
+            ),
+        )
+
     swagger_page = files("_bentoml_impl.server").joinpath("main-openapi.html").read_bytes()
 
     async def swagger(request: Request) -> Answer:
         """BentoML's Swagger UI, reading this service's ``/docs.json``."""
         return Answer(200, swagger_page, "text/html; charset=utf-8")
 
-    return {
+    answered: dict[tuple[str, str], Route] = {
         ("GET", "/"): front_page,
         ("GET", "/docs.json"): docs,
+        ("GET", "/schema.json"): schema,
         ("GET", "/swagger"): swagger,
         ("POST", "/predict"): predict,
         ("GET", "/v1/model"): describe,
         ("POST", "/v1/predict/arrow"): predict_arrow,
     }
+    return answered

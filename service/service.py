@@ -52,11 +52,18 @@ settings = get_settings()
 def _front(app: Any) -> Front:
     return Front(
         app,
-        lambda: routes(bentoml.get_current_service()),
+        lambda: routes(bentoml.get_current_service(), _bentoml_schema),
         settings.api_token.get_secret_value() if settings.api_token else None,
         settings.service_max_body_bytes,
         settings.service_body_timeout,
     )
+
+
+def _bentoml_schema() -> dict[str, Any]:
+    """BentoML's own schema of the service (``Scorebox`` below, a ``bentoml.Service`` by the time
+    a request asks)."""
+    service: Any = Scorebox
+    return dict(service.schema())
 
 
 http.install(settings.service_header_timeout, _front)

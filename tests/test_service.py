@@ -250,7 +250,53 @@ def test_openapi_shows_the_real_feature_names(service_url: str, trained: Trained
     record = schema["components"]["schemas"]["Record"]
     assert list(record["properties"]) == trained.info.feature_names
     assert record["additionalProperties"] is False
-    assert {"/predict", "/v1/predict/arrow", "/v1/model", "/readyz"} <= set(schema["paths"])
+    assert {"/predict", "/v1/predict/arrow", "/v1/model", "/readyz", "/schema.json"} <= set(
+        schema["paths"]
+    )
+
+
+def test_openapi_document_is_valid_and_its_example_is_a_training_record(
+    service_url: str, trained: TrainedModel
+) -> None:
+    from openapi_spec_validator import validate
+
+    document = httpx.get(f"{service_url}/docs.json").json()
+    validate(document)  # raises, naming the first problem
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["example"] == {"records": [trained.info.example]}
+    assert document["components"]["schemas"]["Record"]["example"] == trained.info.example
+    assert any(value != 0 for value in trained.info.example.values())
+    answer = httpx.post(f"{service_url}/predict", json=body["example"])  # Swagger's "Try it out"
+    assert answer.status_code == 200, answer.text
+
+
+def test_bentoml_clients_call_predict_and_get_what_http_gets(
+    service_url: str, trained: TrainedModel
+) -> None:
+    """BentoML's own clients, as BentoML's docs call a service: they find `predict` in
+    /schema.json and answer exactly what POST /predict answers."""
+    import asyncio
+
+    from bentoml.exceptions import UnprocessableEntity
+
+    records = _records(trained, _rows(trained, 5))
+    expected = httpx.post(f"{service_url}/predict", json={"records": records}).json()
+    one = httpx.post(f"{service_url}/predict", json={"records": records[0]}).json()
+    with bentoml.SyncHTTPClient(service_url) as client:
+        assert client.predict(records=records) == expected
+        assert client.predict(records[:1]) == one  # positionally, and one record as a list
+        assert client.call("predict", records=records[0]) == one  # one record object
+        with pytest.raises(UnprocessableEntity, match=r"records\[0\]\.mean_area: Field required"):
+            client.predict(records=[{k: v for k, v in records[0].items() if k != "mean_area"}])
+
+    async def called() -> tuple[object, object]:
+        async with bentoml.AsyncHTTPClient(service_url) as client:
+            return await client.predict(records=records), await client.predict(records=records)
+
+    assert asyncio.run(called()) == (expected, expected)
+    schema = httpx.get(f"{service_url}/schema.json").json()
+    assert schema["name"] == "scorebox" and [r["name"] for r in schema["routes"]] == ["predict"]
+    assert {"/predict", "/v1/predict/arrow", "/v1/model"} <= set(schema["paths"])
 
 
 def schemathesis(service_url: str, examples: int, seed: int) -> None:
@@ -287,6 +333,7 @@ def test_token_is_required_everywhere_but_health(auth_url: str, trained: Trained
         ("POST", "/v1/predict/arrow", {"content": b""}),
         ("GET", "/v1/model", {}),
         ("GET", "/docs.json", {}),
+        ("GET", "/schema.json", {}),
         ("GET", "/metrics", {}),
         ("GET", "/", {}),
     ]
@@ -301,6 +348,8 @@ def test_token_is_required_everywhere_but_health(auth_url: str, trained: Trained
     good = {"Authorization": "Bearer t0ken-for-tests"}
     predicted = httpx.post(f"{auth_url}/predict", json={"records": record}, headers=good)
     assert predicted.status_code == 200
+    with bentoml.SyncHTTPClient(auth_url, token="t0ken-for-tests") as client:
+        assert client.predict(records=record) == predicted.json()
     assert httpx.get(f"{auth_url}/v1/model", headers=good).status_code == 200
     assert httpx.get(f"{auth_url}/livez").status_code == 200
     assert httpx.get(f"{auth_url}/readyz").status_code == 200
