@@ -108,7 +108,7 @@ def routes(
         if service.prediction_log is None:
             return Answer(200, {"model": predictor.tag, "predictions": answers})
         rid = request_id(request.headers.get(b"x-request-id"))
-        service.prediction_log.offer(predictor.tag, rid, records, answers)
+        service.prediction_log.offer(predictor.tag, predictor.text_values, rid, records, answers)
         return Answer(
             200,
             {"model": predictor.tag, "predictions": answers},

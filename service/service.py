@@ -162,8 +162,20 @@ class Scorebox:
             self.following.start()
         self.prediction_log: PredictionLog | None = None
         if settings.log_predictions > 0 and settings.database_url.startswith("postgresql"):
-            self.prediction_log = PredictionLog(settings.database_url, settings.log_predictions)
+            self.prediction_log = PredictionLog(
+                settings.database_url,
+                settings.log_predictions,
+                max_value_chars=settings.log_max_value_chars,
+                max_bytes=settings.log_buffer_bytes,
+                retention_days=settings.log_retention_days,
+            )
         log.info("serving %s (%s)", resolved.tag, resolved.ref)
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]  # BentoML's SDK has no hints
+    async def _write_the_log(self) -> None:
+        """Write the prediction log's buffered rows before the worker stops."""
+        if self.prediction_log is not None:
+            await self.prediction_log.close()
 
     def _serving(self, predictor: Predictor) -> Serving:
         return serving(predictor, self.max_records, self.scoring, settings.drift_every_seconds)
