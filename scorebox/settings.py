@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     drift_warn: float = Field(0.2, gt=0)
     drift_every_seconds: float = Field(10.0, gt=0)
     log_predictions: float = Field(0.0, ge=0, le=1)
+    log_max_value_chars: int = Field(256, ge=8)
+    log_buffer_bytes: int = Field(16 * 2**20, ge=2**16)
+    log_retention_days: float = Field(7.0, ge=0)
     dashboard_database_url: str | None = None
     feature_table: str = "features"
     id_column: str = "id"

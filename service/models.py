@@ -16,6 +16,7 @@ SCOREBOX_SERVICE_PINNABLE names: a client cannot make the service import what it
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -79,12 +80,19 @@ def registry_engine(database_url: str) -> Engine | None:
     return None
 
 
+def check_name(tag: str, name: str, ref: str | None = None) -> None:
+    """Refuse version ``tag`` unless it is a version of model ``name`` (an alias can point at
+    any model's version); ``ref`` is what named it."""
+    if tag.partition(":")[0] != name:
+        named = f"{ref} names {tag}, which" if ref and ref != tag else tag
+        raise ModelError(f"{named} is not a version of {name}, the model this service serves")
+
+
 def load_predictor(catalog: Catalog, tag: str, name: str) -> Predictor:
     """Version ``tag`` loaded and checked: its signature by a trusted key, its files the signed
     ones (imported from the registry when the local store lacks them), its metadata readable,
     and one prediction of a row of missing values that gives one finite answer."""
-    if tag.partition(":")[0] != name:
-        raise ModelError(f"{tag} is not a version of {name}, the model this service serves")
+    check_name(tag, name)
     version = catalog.local(tag)
     try:
         predictor = Predictor.load(version)
@@ -106,6 +114,16 @@ class Serving:
     predictor: Predictor
     coalesce: Coalescer[dict[str, Any]]
     online: OnlineDrift | None  # drift of its /predict traffic, when the model has a profile
+
+
+# An absolute file path in a message: a slash after a space, a quote or the start, then a name.
+_PATH = re.compile(r"(?<![\w.:/~-])/[^\s/'\"]+(?:/[^\s/'\"]*)*")
+
+
+def public(message: str) -> str:
+    """``message`` as a client may read it: file paths of this machine left out (the log keeps
+    the whole message)."""
+    return _PATH.sub("<path>", message)
 
 
 def _reason(exc: BaseException) -> str:
@@ -164,8 +182,9 @@ class Following:
             try:
                 self.check()
             except Exception as exc:  # the poller must outlive any one failure
-                self.error = f"cannot read the model registry: {_reason(exc)}"
-                log.warning("%s", self.error)
+                error = f"cannot read the model registry: {_reason(exc)}"
+                log.warning("%s", error)
+                self.error = public(error)
 
     def check(self) -> None:
         """One poll: switch when the reference points somewhere new, loadable and compatible."""
@@ -200,8 +219,9 @@ class Following:
         except Exception as exc:
             count_refusal(exc)
             self.refused[tag] = time.monotonic()
-            self.error = f"refused {tag}, kept serving {self.target}: {_reason(exc)}"
-            log.error("%s (tried again in %.0f s)", self.error, self.retry)
+            error = f"refused {tag}, kept serving {self.target}: {_reason(exc)}"
+            log.error("%s (tried again in %.0f s)", error, self.retry)
+            self.error = public(error)  # shown by /v1/model
             return
         self.switch(predictor)
         log.warning(  # a notable event: the version that answers changed
@@ -312,6 +332,7 @@ class Pinned:
             except Exception as exc:
                 count_refusal(exc)
                 reason = _reason(exc)
+                log.error("refused to load %s for a request that pinned it: %s", tag, reason)
                 with self._lock:
                     self._refused[tag] = (reason, time.monotonic())
                     while len(self._refused) > REFUSED_KEPT:

@@ -18,14 +18,84 @@ _KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _feature_schema(feature: Feature) -> dict[str, Any]:
-    schema: dict[str, Any] = dict(_KINDS[feature.kind]) | {"nullable": True}
+def _feature_schema(feature: Feature, openapi: bool) -> dict[str, Any]:
+    """A feature's value: OpenAPI 3.0 marks null with ``nullable``, JSON Schema (BentoML's
+    /schema.json) with a ``null`` alternative."""
+    kind = dict(_KINDS[feature.kind])
+    schema = kind | {"nullable": True} if openapi else {"anyOf": [kind, {"type": "null"}]}
     about = f"{feature.kind} feature `{feature.name}` ({feature.sql_type}); null is missing"
     if feature.kind == "category" and feature.categories:
         shown = ", ".join(feature.categories[:10])
         about += f"; known values: {shown}{', ...' if len(feature.categories) > 10 else ''}"
         about += " (others are scored as missing)"
     return schema | {"description": about}
+
+
+def record_schema(info: ModelInfo, openapi: bool = True) -> dict[str, Any]:
+    """One record: every feature, by name; its example is a holdout row of training's."""
+    record: dict[str, Any] = {
+        "type": "object",
+        "properties": {f.name: _feature_schema(f, openapi) for f in info.features},
+        "required": [f.name for f in info.features],
+        "additionalProperties": False,
+    }
+    if info.example:
+        if openapi:
+            record["example"] = info.example
+        else:
+            record["examples"] = [info.example]
+    return record
+
+
+def records_schema(record: dict[str, Any], max_records: int) -> dict[str, Any]:
+    """The ``records`` field: a list of records, or one record."""
+    return {
+        "oneOf": [
+            {"type": "array", "items": record, "minItems": 1, "maxItems": max_records},
+            record,
+        ],
+        "description": f"the records to score (at most {max_records}), or one record",
+    }
+
+
+def prediction_schema() -> dict[str, Any]:
+    """One answer: the prediction and, from a classifier, every class's probability."""
+    return {
+        "type": "object",
+        "properties": {
+            "prediction": {"description": "the predicted class or value"},
+            "probabilities": {
+                "type": "object",
+                "additionalProperties": {"type": "number"},
+                "description": "probability of each class",
+            },
+        },
+        "required": ["prediction"],
+    }
+
+
+def response_schema(prediction: dict[str, Any]) -> dict[str, Any]:
+    """The answer to ``/predict``: the version that answered and one prediction a record."""
+    return {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string", "description": "tag of the model that answered"},
+            "predictions": {
+                "type": "array",
+                "items": prediction,
+                "description": "one prediction a record, in order",
+            },
+        },
+        "required": ["model", "predictions"],
+    }
+
+
+def _with_example(info: ModelInfo) -> dict[str, Any]:
+    """The request body's media type, with a record of training's holdout as its example."""
+    media: dict[str, Any] = {"schema": {"$ref": "#/components/schemas/PredictInput"}}
+    if info.example:
+        media["example"] = {"records": [info.example]}
+    return media
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -37,25 +107,6 @@ def _error(description: str) -> dict[str, Any]:
 
 def document(info: ModelInfo, tag: str, max_records: int, auth: bool) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the service serving model ``tag``."""
-    record = {
-        "type": "object",
-        "properties": {f.name: _feature_schema(f) for f in info.features},
-        "required": [f.name for f in info.features],
-        "additionalProperties": False,
-    }
-    probabilities = {
-        "type": "object",
-        "additionalProperties": {"type": "number"},
-        "description": "probability of each class",
-    }
-    prediction = {
-        "type": "object",
-        "properties": {
-            "prediction": {"description": "the predicted class or value"},
-            "probabilities": probabilities,
-        },
-        "required": ["prediction"],
-    }
     refused = {
         "400": _error("the body is not JSON"),
         "413": _error("too many records or too large a body"),
@@ -71,11 +122,7 @@ def document(info: ModelInfo, tag: str, max_records: int, auth: bool) -> dict[st
                 "operationId": "predict",
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/PredictInput"}
-                        }
-                    },
+                    "content": {"application/json": _with_example(info)},
                 },
                 "responses": {
                     "200": {
@@ -120,6 +167,13 @@ def document(info: ModelInfo, tag: str, max_records: int, auth: bool) -> dict[st
             }
         },
     }
+    operations["/schema.json"] = {
+        "get": {
+            "summary": "The service as BentoML's clients read it (bentoml.SyncHTTPClient)",
+            "operationId": "bentoml_schema",
+            "responses": {"200": {"description": "BentoML's schema of the service"}},
+        }
+    }
     for path, about in (
         ("/livez", "the process is alive"),
         ("/readyz", "the service is ready"),
@@ -137,39 +191,19 @@ def document(info: ModelInfo, tag: str, max_records: int, auth: bool) -> dict[st
         "paths": operations,
         "components": {
             "schemas": {
-                "Record": record,
+                "Record": record_schema(info),
                 "PredictInput": {
                     "type": "object",
                     "properties": {
-                        "records": {
-                            "oneOf": [
-                                {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Record"},
-                                    "minItems": 1,
-                                    "maxItems": max_records,
-                                },
-                                {"$ref": "#/components/schemas/Record"},
-                            ]
-                        }
+                        "records": records_schema(
+                            {"$ref": "#/components/schemas/Record"}, max_records
+                        )
                     },
                     "required": ["records"],
                     "additionalProperties": False,
                 },
-                "Prediction": prediction,
-                "PredictResponse": {
-                    "type": "object",
-                    "properties": {
-                        "model": {
-                            "type": "string",
-                            "description": "tag of the model that answered",
-                        },
-                        "predictions": {
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/Prediction"},
-                        },
-                    },
-                },
+                "Prediction": prediction_schema(),
+                "PredictResponse": response_schema({"$ref": "#/components/schemas/Prediction"}),
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
             }
         },

@@ -54,6 +54,17 @@ def _arrow_example(base: str, auth: bool, example: dict[str, object]) -> str:
     )
 
 
+def _bentoml_example(base: str, auth: bool, example: dict[str, object]) -> str:
+    token = ', token=os.environ["SCOREBOX_API_TOKEN"]' if auth else ""
+    return "\n".join(
+        [
+            "import os, bentoml",
+            f'with bentoml.SyncHTTPClient("{base}"{token}) as client:',
+            f"    print(client.predict(records=[{example!r}]))",
+        ]
+    )
+
+
 def render(info: ModelInfo, tag: str, base: str, auth: bool, max_records: int) -> str:
     """The front page of the service serving ``tag`` at ``base`` (scheme://host:port)."""
     example = json.dumps({"records": [info.example]}, ensure_ascii=False)
@@ -78,6 +89,13 @@ def render(info: ModelInfo, tag: str, base: str, auth: bool, max_records: int) -
             "An Arrow IPC stream of feature columns in, a stream of predictions out, one row "
             "for each row sent (what batch workers use). In Python:",
             _arrow_example(base, auth, info.example),
+        ),
+        (
+            "GET",
+            "/schema.json",
+            "The service as BentoML's own clients see it: /predict is their predict method "
+            "(bentoml.SyncHTTPClient, AsyncHTTPClient, bentoml.depends(url=...)). In Python:",
+            _bentoml_example(base, auth, info.example),
         ),
         (
             "GET",

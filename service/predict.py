@@ -45,6 +45,13 @@ class Predictor:
         self.classes = list(info.classes)
         self.keys = [label_text(c) for c in self.classes]
         self.labels = [_plain(c) for c in self.classes]
+        # Text features, each with the values the model knows (the prediction log keeps those
+        # whole, however long).
+        self.text_values = {
+            f.name: frozenset(f.categories)
+            for f in self.features
+            if f.kind in ("category", "date", "datetime")
+        }
 
     @classmethod
     def load(cls, version: Version) -> Predictor:

@@ -32,10 +32,11 @@ class BodyProblem(ValueError):
         self.status = status
 
 
-def _too_big(body: bytes, max_objects: int, max_commas: int) -> bool:
-    """True when the body has more objects or values than ``max_records`` records can hold."""
+def _too_big(body: bytes, max_objects: int, max_commas: int) -> str | None:
+    """Which bound the body passes (``"records"`` or ``"values"``), if any: more objects or
+    values than ``max_records`` records can hold."""
     if body.count(b"{") <= max_objects and body.count(b",") <= max_commas:
-        return False
+        return None
     objects = commas = 0
     for match in _TOKENS.finditer(body):
         token = match.group()
@@ -43,9 +44,11 @@ def _too_big(body: bytes, max_objects: int, max_commas: int) -> bool:
             objects += 1
         elif token == b",":
             commas += 1
-        if objects > max_objects or commas > max_commas:
-            return True
-    return False
+        if objects > max_objects:
+            return "records"
+        if commas > max_commas:
+            return "values"
+    return None
 
 
 def parse_records(body: bytes, features: Sequence[Feature], max_records: int) -> list[Any]:
@@ -54,8 +57,15 @@ def parse_records(body: bytes, features: Sequence[Feature], max_records: int) ->
     Raises BodyProblem: 400 for a body that is not JSON, 413 for more records (or values) than
     the limit allows, 422 for a body that is not ``{"records": [...]}``.
     """
-    if _too_big(body, max_records + 1, max_records * (len(features) + 1)):
-        raise BodyProblem(_limit_message(max_records, "more than"), 413)
+    passed = _too_big(body, max_records + 1, max_records * (len(features) + 1))
+    if passed == "records":
+        raise BodyProblem(_limit_message(max_records, f"more than {max_records}"), 413)
+    if passed == "values":
+        raise BodyProblem(
+            f"more values than {max_records} records of {len(features)} features hold; the "
+            f"limit is {max_records} records (SCOREBOX_SERVICE_MAX_RECORDS): {_SPLIT}",
+            413,
+        )
     try:
         decoded = _decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:
@@ -75,8 +85,11 @@ def parse_records(body: bytes, features: Sequence[Feature], max_records: int) ->
     return records
 
 
+_SPLIT = "split the request or use /v1/predict/arrow"
+
+
 def _limit_message(limit: int, count: str) -> str:
     return (
-        f"{count} records in one request; the limit is {limit} (SCOREBOX_SERVICE_MAX_RECORDS): "
-        "split the request or use /v1/predict/arrow"
+        f"{count} records in one request; the limit is {limit} "
+        f"(SCOREBOX_SERVICE_MAX_RECORDS): {_SPLIT}"
     )

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
 from scorebox.errors import ModelError
-from service import openapi, page
+from service import bentoschema, openapi, page
 from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
 from service.front import Answer, Request, Route
-from service.models import RegistryAway
+from service.models import RegistryAway, public
 from service.predlog import request_id
 from service.records import BodyProblem, parse_records
 
@@ -63,13 +64,16 @@ async def _predictor(service: Scorebox, request: Request, current: Predictor) ->
     try:
         return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
     except RegistryAway as exc:
-        return Answer(503, {"error": f"cannot load {tag} now: {exc}"})
+        return Answer(503, {"error": public(f"cannot load {tag[:200]} now: {exc}")})
     except ModelError as exc:
-        return Answer(409, {"error": f"cannot serve {tag[:200]}: {exc}"})
+        return Answer(409, {"error": public(f"cannot serve {tag[:200]}: {exc}")})
 
 
-def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
-    """The routes of ``service``, by (method, path)."""
+def routes(
+    service: Scorebox, bentoml_schema: Callable[[], dict[str, Any]]
+) -> dict[tuple[str, str], Route]:
+    """The routes of ``service``, by (method, path); ``bentoml_schema`` gives BentoML's own
+    schema of the service, to which ``/schema.json`` adds scorebox's routes."""
 
     async def predict(request: Request) -> Answer:
         """JSON records in, one prediction each out."""
@@ -104,7 +108,7 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         if service.prediction_log is None:
             return Answer(200, {"model": predictor.tag, "predictions": answers})
         rid = request_id(request.headers.get(b"x-request-id"))
-        service.prediction_log.offer(predictor.tag, rid, records, answers)
+        service.prediction_log.offer(predictor.tag, predictor.text_values, rid, records, answers)
         return Answer(
             200,
             {"model": predictor.tag, "predictions": answers},
@@ -159,17 +163,29 @@ def routes(service: Scorebox) -> dict[tuple[str, str], Route]:
         )
         return Answer(200, html.encode(), "text/html; charset=utf-8")
 
+    async def schema(request: Request) -> Answer:
+        """The service as BentoML's clients discover it, with scorebox's routes."""
+        paths = sorted({path for _, path in answered})
+        return Answer(
+            200,
+            bentoschema.document(
+                bentoml_schema(), service.predictor.info, service.max_records, paths
+            ),
+        )
+
     swagger_page = files("_bentoml_impl.server").joinpath("main-openapi.html").read_bytes()
 
     async def swagger(request: Request) -> Answer:
         """BentoML's Swagger UI, reading this service's ``/docs.json``."""
         return Answer(200, swagger_page, "text/html; charset=utf-8")
 
-    return {
+    answered: dict[tuple[str, str], Route] = {
         ("GET", "/"): front_page,
         ("GET", "/docs.json"): docs,
+        ("GET", "/schema.json"): schema,
         ("GET", "/swagger"): swagger,
         ("POST", "/predict"): predict,
         ("GET", "/v1/model"): describe,
         ("POST", "/v1/predict/arrow"): predict_arrow,
     }
+    return answered

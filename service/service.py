@@ -23,7 +23,7 @@ from typing import Any
 import bentoml
 from threadpoolctl import threadpool_limits
 
-from scorebox.catalog import Catalog
+from scorebox.catalog import Catalog, Resolved
 from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ARTIFACT
@@ -34,6 +34,7 @@ from service.models import (
     Following,
     Pinned,
     Serving,
+    check_name,
     count_refusal,
     load_predictor,
     registry_engine,
@@ -51,11 +52,18 @@ settings = get_settings()
 def _front(app: Any) -> Front:
     return Front(
         app,
-        lambda: routes(bentoml.get_current_service()),
+        lambda: routes(bentoml.get_current_service(), _bentoml_schema),
         settings.api_token.get_secret_value() if settings.api_token else None,
         settings.service_max_body_bytes,
         settings.service_body_timeout,
     )
+
+
+def _bentoml_schema() -> dict[str, Any]:
+    """BentoML's own schema of the service (``Scorebox`` below, a ``bentoml.Service`` by the time
+    a request asks)."""
+    service: Any = Scorebox
+    return dict(service.schema())
 
 
 http.install(settings.service_header_timeout, _front)
@@ -89,22 +97,25 @@ def _is_bentoml(pid: int) -> bool:
     return b"bentoml" in command
 
 
-def _check_stored(catalog: Catalog, tag: str) -> None:
-    """The version's signature, and the file the service will load, verified."""
-    version = catalog.local(tag)
+def _check_servable(catalog: Catalog, resolved: Resolved) -> None:
+    """The version is one of the served model's (an alias may point at another model's), its
+    signature and the file the service will load verified."""
+    check_name(resolved.tag, settings.model_name, f"{settings.model_name}:{resolved.ref}")
+    version = catalog.local(resolved.tag)
     version.read(ONNX_ARTIFACT if version.has(ONNX_ARTIFACT) else ARTIFACT)
 
 
 # Resolved and checked when the module loads (in `bentoml serve` itself, before any worker
 # starts): an alias or `latest` becomes one exact version, imported from the registry when this
 # machine's store lacks it; a missing model is one clear line rather than BentoML's attempt to
-# pull it from its cloud, and a version not signed by a trusted key, or whose files are not the
-# ones signed, stops the server.
+# pull it from its cloud, and a version of another model, not signed by a trusted key, or whose
+# files are not the ones signed, stops the server (each worker would fail to start, again and
+# again).
 REGISTRY = registry_engine(settings.database_url)
 CATALOG = Catalog.from_settings(settings, REGISTRY)
 try:
     RESOLVED = CATALOG.resolve(settings.model_name, settings.model_tag)
-    _check_stored(CATALOG, RESOLVED.tag)
+    _check_servable(CATALOG, RESOLVED)
 except ScoreboxError as exc:
     # BentoML prints a traceback for any other error while it imports this module.
     raise SystemExit(f"scorebox service: {exc}") from None
@@ -151,8 +162,20 @@ class Scorebox:
             self.following.start()
         self.prediction_log: PredictionLog | None = None
         if settings.log_predictions > 0 and settings.database_url.startswith("postgresql"):
-            self.prediction_log = PredictionLog(settings.database_url, settings.log_predictions)
+            self.prediction_log = PredictionLog(
+                settings.database_url,
+                settings.log_predictions,
+                max_value_chars=settings.log_max_value_chars,
+                max_bytes=settings.log_buffer_bytes,
+                retention_days=settings.log_retention_days,
+            )
         log.info("serving %s (%s)", resolved.tag, resolved.ref)
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]  # BentoML's SDK has no hints
+    async def _write_the_log(self) -> None:
+        """Write the prediction log's buffered rows before the worker stops."""
+        if self.prediction_log is not None:
+            await self.prediction_log.close()
 
     def _serving(self, predictor: Predictor) -> Serving:
         return serving(predictor, self.max_records, self.scoring, settings.drift_every_seconds)

@@ -369,7 +369,8 @@ def test_front_page_in_a_real_browser(
     assert f"scorebox · {trained.tag}" in dom
     assert "This is a Machine Learning Service created with BentoML" not in dom
     assert "Contact BentoML Team" not in dom
-    for path in ("/predict", "/v1/predict/arrow", "/v1/model", "/docs.json", "/metrics", "/readyz"):
+    paths = ("/predict", "/v1/predict/arrow", "/v1/model", "/docs.json", "/schema.json", "/readyz")
+    for path in (*paths, "/metrics"):
         assert path in dom, path
     for name in trained.info.feature_names:
         assert name in dom
@@ -391,6 +392,17 @@ def test_front_page_in_a_real_browser(
         timeout=60,
     )
     assert "'error': None, 'predicted_label': " in done.stdout, done.stdout + done.stderr
+    client = re.search(r"<pre>(import os, bentoml[^<]*)</pre>", dom)
+    assert client is not None
+    done = subprocess.run(
+        [sys.executable, "-c", html.unescape(client.group(1))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"{{'model': '{trained.tag}', 'predictions': [{{'prediction': " in done.stdout, (
+        done.stdout + done.stderr
+    )
 
 
 def _readme_block(heading: str) -> str:

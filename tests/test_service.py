@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -17,12 +18,17 @@ import psycopg
 import pyarrow as pa
 import pytest
 import yaml
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from scorebox.catalog import Catalog, Version
 from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
+from scorebox.migrate import upgrade
 from scorebox.modelinfo import ARTIFACT
-from scorebox.processes import BIN, ROOT, serving
+from scorebox.processes import BIN, ROOT, free_port, serving, stop
+from scorebox.seed import seed
+from scorebox.settings import Settings
 from tests.conftest import TrainedModel, process_env
 
 
@@ -114,8 +120,24 @@ def _bad_cases(record: dict[str, float]) -> list[tuple[str, bytes, int, str]]:
         ("not an object", body([1, 2]), 422, "records[0]"),
         ("malformed JSON", b'{"records": [', 400, "malformed JSON"),
         ("deep nesting", b'{"records": ' + b"[" * 100_000, 400, "malformed JSON"),
-        ("too many", body([record] * 10_001), 413, "limit is 10000"),
-        ("too many empty", body([{}] * 100_000), 413, "limit is 10000"),
+        (
+            "too many",
+            body([record] * 10_001),
+            413,
+            "more than 10000 records in one request; the limit is 10000",
+        ),
+        (
+            "too many empty",
+            body([{}] * 100_000),
+            413,
+            "more than 10000 records in one request; the limit is 10000",
+        ),
+        (
+            "too many values",
+            body([{f"f{i}": 1 for i in range(400_000)}]),
+            413,
+            "more values than 10000 records of 30 features hold; the limit is 10000 records",
+        ),
         (
             "many errors, few shown",
             body([{}] * 9_000),
@@ -228,7 +250,53 @@ def test_openapi_shows_the_real_feature_names(service_url: str, trained: Trained
     record = schema["components"]["schemas"]["Record"]
     assert list(record["properties"]) == trained.info.feature_names
     assert record["additionalProperties"] is False
-    assert {"/predict", "/v1/predict/arrow", "/v1/model", "/readyz"} <= set(schema["paths"])
+    assert {"/predict", "/v1/predict/arrow", "/v1/model", "/readyz", "/schema.json"} <= set(
+        schema["paths"]
+    )
+
+
+def test_openapi_document_is_valid_and_its_example_is_a_training_record(
+    service_url: str, trained: TrainedModel
+) -> None:
+    from openapi_spec_validator import validate
+
+    document = httpx.get(f"{service_url}/docs.json").json()
+    validate(document)  # raises, naming the first problem
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["example"] == {"records": [trained.info.example]}
+    assert document["components"]["schemas"]["Record"]["example"] == trained.info.example
+    assert any(value != 0 for value in trained.info.example.values())
+    answer = httpx.post(f"{service_url}/predict", json=body["example"])  # Swagger's "Try it out"
+    assert answer.status_code == 200, answer.text
+
+
+def test_bentoml_clients_call_predict_and_get_what_http_gets(
+    service_url: str, trained: TrainedModel
+) -> None:
+    """BentoML's own clients, as BentoML's docs call a service: they find `predict` in
+    /schema.json and answer exactly what POST /predict answers."""
+    import asyncio
+
+    from bentoml.exceptions import UnprocessableEntity
+
+    records = _records(trained, _rows(trained, 5))
+    expected = httpx.post(f"{service_url}/predict", json={"records": records}).json()
+    one = httpx.post(f"{service_url}/predict", json={"records": records[0]}).json()
+    with bentoml.SyncHTTPClient(service_url) as client:
+        assert client.predict(records=records) == expected
+        assert client.predict(records[:1]) == one  # positionally, and one record as a list
+        assert client.call("predict", records=records[0]) == one  # one record object
+        with pytest.raises(UnprocessableEntity, match=r"records\[0\]\.mean_area: Field required"):
+            client.predict(records=[{k: v for k, v in records[0].items() if k != "mean_area"}])
+
+    async def called() -> tuple[object, object]:
+        async with bentoml.AsyncHTTPClient(service_url) as client:
+            return await client.predict(records=records), await client.predict(records=records)
+
+    assert asyncio.run(called()) == (expected, expected)
+    schema = httpx.get(f"{service_url}/schema.json").json()
+    assert schema["name"] == "scorebox" and [r["name"] for r in schema["routes"]] == ["predict"]
+    assert {"/predict", "/v1/predict/arrow", "/v1/model"} <= set(schema["paths"])
 
 
 def schemathesis(service_url: str, examples: int, seed: int) -> None:
@@ -265,6 +333,7 @@ def test_token_is_required_everywhere_but_health(auth_url: str, trained: Trained
         ("POST", "/v1/predict/arrow", {"content": b""}),
         ("GET", "/v1/model", {}),
         ("GET", "/docs.json", {}),
+        ("GET", "/schema.json", {}),
         ("GET", "/metrics", {}),
         ("GET", "/", {}),
     ]
@@ -279,6 +348,8 @@ def test_token_is_required_everywhere_but_health(auth_url: str, trained: Trained
     good = {"Authorization": "Bearer t0ken-for-tests"}
     predicted = httpx.post(f"{auth_url}/predict", json={"records": record}, headers=good)
     assert predicted.status_code == 200
+    with bentoml.SyncHTTPClient(auth_url, token="t0ken-for-tests") as client:
+        assert client.predict(records=record) == predicted.json()
     assert httpx.get(f"{auth_url}/v1/model", headers=good).status_code == 200
     assert httpx.get(f"{auth_url}/livez").status_code == 200
     assert httpx.get(f"{auth_url}/readyz").status_code == 200
@@ -339,6 +410,100 @@ def test_service_with_an_alias_nobody_set_says_so_in_one_line(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("scorebox service: no model "), done.stderr
     assert "nosuchalias" in lines[-1]
+
+
+def _schema_of(settings: Settings) -> str:
+    """The schema a test's database URL puts first on the search path."""
+    return str(make_url(settings.database_url).query["options"]).removeprefix("-csearch_path=")
+
+
+def _register_trained(trained: TrainedModel, engine: Engine) -> None:
+    """The served model's signed version, registered in this test's schema as well."""
+    upgrade(engine, "predictions")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'INSERT INTO scorebox_models SELECT * FROM "{_schema_of(trained.settings)}"'
+                ".scorebox_models WHERE tag = :tag"
+            ),
+            {"tag": trained.tag},
+        )
+
+
+def test_service_serving_an_alias_of_another_models_version_stops_in_one_line(
+    trained: TrainedModel, settings: Settings, engine: Engine
+) -> None:
+    """An alias of model `other` pointing at a version of `served` (the registry lets a direct
+    UPDATE do that): one line and exit 1, not workers failing to start again and again."""
+    _register_trained(trained, engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_aliases (name, alias, tag, moved_by) "
+                "VALUES ('other', 'champion', :tag, 'test')"
+            ),
+            {"tag": trained.tag},
+        )
+    env = process_env(settings, SCOREBOX_MODEL_NAME="other", SCOREBOX_MODEL_TAG="champion")
+    process = subprocess.Popen(
+        [str(BIN / "bentoml"), "serve", ".", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        stop(process)  # crash-looping workers are still running if it did not exit
+    assert process.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == (
+        f"scorebox service: other:champion names {trained.tag}, which is not a version of "
+        "other, the model this service serves"
+    ), stderr[-3000:]
+
+
+def test_a_refused_pinned_version_is_a_409_without_the_servers_paths(
+    trained: TrainedModel, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    """A version a request pins whose file is missing from this machine's store: the 409 says
+    so without naming where the store is (the log does)."""
+    from training import train
+
+    upgrade(engine, settings.predictions_table)
+    with engine.begin() as conn:
+        seed(conn, settings.feature_table, id_column="id", target_column="target")
+    mine = settings.model_copy(update={"model_name": trained.settings.model_name})
+    newer = train(mine, engine).tag  # what this schema's registry serves as latest
+    stored = bentoml.models.get(trained.tag)
+    home, versions = tmp_path / "bentoml", Path(stored.path).parent
+    shutil.copytree(versions, home / "models" / versions.name)
+    (home / "models" / versions.name / Path(stored.path).name / ONNX_ARTIFACT).unlink()
+    env = process_env(
+        mine,
+        BENTOML_HOME=str(home),
+        SCOREBOX_SERVICE_PINNABLE=trained.tag,
+        SCOREBOX_SERVICE_WORKERS="1",
+    )
+    record = _records(trained, _rows(trained, 1))
+    with serving(env, tmp_path / "serve.log") as url:
+        served = httpx.post(f"{url}/predict", json={"records": record})
+        assert served.json()["model"] == newer
+        for _ in range(2):  # loading it, then the refusal remembered
+            refused = httpx.post(
+                f"{url}/predict",
+                json={"records": record},
+                headers={"x-scorebox-model": trained.tag},
+            )
+            assert refused.status_code == 409, refused.text
+            message = refused.json()["error"]
+            assert f"{ONNX_ARTIFACT} is missing from <path>" in message, message
+            assert str(tmp_path) not in message and not re.search(r"(^|[\s'\"])/\w", message)
+    assert str(home) in (tmp_path / "serve.log").read_text()  # the operator's log has it
 
 
 def _one_line_at_start(log: Path, expected: str) -> None:
