@@ -87,7 +87,7 @@ class Version:
             data = path.read_bytes()
         except FileNotFoundError:
             raise TrustError(
-                f"{self.tag}: {name} is missing from its folder in the model store", "tampered"
+                f"{self.tag}: {name} is missing from {self.path}", "tampered"
             ) from None
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
