@@ -3,8 +3,8 @@
 Starlette serves the pages, Jinja2 writes them, matplotlib draws the charts as SVG. It reads
 PostgreSQL with asyncpg on connections whose transactions are read-only
 (SCOREBOX_DASHBOARD_DATABASE_URL can name a role that can only read); with SCOREBOX_API_TOKEN
-set, every page needs it (``Authorization: Bearer`` or ``?token=``, remembered in a cookie).
-It runs in a process of its own, never in the prediction service's.
+set, every page needs it (dashboard/auth.py). It runs in a process of its own, never in the
+prediction service's.
 
 What it shows of a model version comes from the version's signed manifest, verified with the
 trusted keys (SCOREBOX_TRUSTED_KEYS); a version no trusted key signed, or whose metadata cannot be
@@ -15,7 +15,6 @@ after that, within the archive caps, off the event loop.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,11 +23,14 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from dashboard import charts, queries
+from dashboard.auth import Gate, SecurityHeaders
 from scorebox.archive import Limits, read_file
 from scorebox.db import asyncpg_arguments
 from scorebox.errors import ModelError
@@ -38,7 +40,6 @@ from scorebox.settings import Settings
 from scorebox.signing import MAX_SIGNATURE_BYTES, TrustedKeys, verify
 
 REFRESH_SECONDS = 5
-_COOKIE = "scorebox_token"
 _PLOT = "report/evaluation.png"
 _PLOTS_KEPT = 16
 
@@ -75,6 +76,14 @@ def _templates() -> Environment:
     return environment
 
 
+class _Dashboard(Starlette):
+    """Starlette with the security headers outside its whole stack: on its own error pages too
+    (ServerErrorMiddleware, outermost in Starlette's stack, answers a 500 past any middleware)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def make_app(settings: Settings) -> Starlette:
     """The dashboard for ``settings``' database."""
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -107,21 +116,8 @@ def make_app(settings: Settings) -> Starlette:
         handler: Callable[[Request, Any], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            given = request.query_params.get("token") or request.cookies.get(_COOKIE)
-            header = request.headers.get("authorization", "")
-            if header.lower().startswith("bearer "):
-                given = header[7:]
-            if token is not None and not (given and hmac.compare_digest(given, token)):
-                return PlainTextResponse(
-                    "this dashboard needs the API token (SCOREBOX_API_TOKEN): open it with "
-                    "?token=... once",
-                    status_code=401,
-                )
             async with state["pool"].acquire() as conn:
-                response = await handler(request, conn)
-            if token is not None and request.query_params.get("token"):
-                response.set_cookie(_COOKIE, token, httponly=True, samesite="strict")
-            return response
+                return await handler(request, conn)
 
         return endpoint
 
@@ -198,7 +194,7 @@ def make_app(settings: Settings) -> Starlette:
         total = sum(n for _, n in points)
         return page("log.html", chart=chart, total=total, active="log")
 
-    return Starlette(
+    return _Dashboard(
         routes=[
             Route("/", guarded(models_page)),
             Route("/models/{tag:str}/evaluation.png", guarded(evaluation)),
@@ -206,6 +202,7 @@ def make_app(settings: Settings) -> Starlette:
             Route("/jobs/{job_id:int}", guarded(job_page)),
             Route("/log", guarded(log_page)),
         ],
+        middleware=[Middleware(Gate, token=token)],
         lifespan=lifespan,
     )
 

@@ -7,17 +7,191 @@ be shown a job of any shape, up to 100,000 chunks, without scoring it."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import Engine
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import Engine, text
+
+from scorebox.features import Feature
 from scorebox.migrate import upgrade
+from scorebox.profile import count_chunk, reference
 from scorebox.settings import Settings
+from tests.conftest import process_env
+from tests.dashboards import Browser, dashboard
+
+RNG_SEED = 21
 
 
 @pytest.fixture
 def migrated(settings: Settings, engine: Engine) -> Settings:
     upgrade(engine, settings.predictions_table)
     return settings
+
+
+# --- jobs written into the ledger -------------------------------------------------------------
+
+
+def _reference(features: Sequence[Feature], matrix: np.ndarray, scores: np.ndarray) -> dict:
+    """What a job of a two-class model stores: its features and its training profile."""
+    return {
+        "task": "classification",
+        "classes": [0, 1],
+        "features": [f.to_dict() for f in features],
+        "profile": reference(features, matrix, scores, probability=True),
+    }
+
+
+def _counts(ref: dict, matrix: np.ndarray, scores: np.ndarray) -> dict[str, list[int]]:
+    """One chunk's counts of ``matrix``'s rows, as a worker stores them."""
+    names = [f["name"] for f in ref["features"]]
+    return count_chunk(ref["profile"], names, matrix, Counter(), scores)
+
+
+def _rows(counts: dict[str, list[int]]) -> int:
+    return sum(next(iter(counts.values())))
+
+
+def _insert_job(
+    engine: Engine,
+    ref: Any,
+    profiles: Sequence[dict[str, list[int]]],
+    chunks: int | None = None,
+    *,
+    pending: int = 0,
+    table: str = "features",
+) -> int:
+    """A job whose ``chunks`` done chunks carry ``profiles`` in turn, then ``pending`` chunks
+    not done yet (the job is running then, else it succeeded)."""
+    done = len(profiles) if chunks is None else chunks
+    scored = sum(_rows(profiles[g % len(profiles)]) for g in range(done))
+    with engine.begin() as conn:
+        job_id = conn.execute(
+            text(
+                "INSERT INTO scorebox_jobs (table_name, model_tag, mode, status, rows_total, "
+                "rows_scored, chunks_total, reference, started_at, finished_at) VALUES (:table, "
+                "'scorebox-test:v1', 'all', :status, :total, :scored, :chunks, "
+                "CAST(:reference AS json), now() - interval '1 minute', "
+                "CASE WHEN :pending > 0 THEN NULL ELSE now() END) RETURNING id"
+            ),
+            {
+                "table": table,
+                "status": "running" if pending else "succeeded",
+                "total": scored + pending * 100,
+                "scored": scored,
+                "chunks": done + pending,
+                "reference": json.dumps(ref),
+                "pending": pending,
+            },
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_chunks (job_id, chunk_no, id_lo, id_hi, status, "
+                "rows_scored, profile) SELECT :job, g, g::text, g::text, CASE WHEN g < :done "
+                "THEN 'done' ELSE 'pending' END, 0, CASE WHEN g < :done THEN "
+                "CAST(:profiles AS json) -> (g % :n) END FROM generate_series(0, :all - 1) g"
+            ),
+            {
+                "job": job_id,
+                "done": done,
+                "all": done + pending,
+                "profiles": json.dumps(list(profiles)),
+                "n": len(profiles),
+            },
+        )
+    return int(job_id)
+
+
+# --- the token --------------------------------------------------------------------------------
+
+TOKEN = "sésame-ключ-🔑"
+
+
+def _secured(response: httpx.Response) -> None:
+    policy = response.headers.get("content-security-policy", "")
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy, response
+    assert "script-src" not in policy  # no script may run, inline or not
+    assert response.headers.get("x-frame-options") == "DENY"
+    assert response.headers.get("x-content-type-options") == "nosniff"
+
+
+def test_the_token_is_compared_as_bytes_leaves_the_address_and_the_cookie_is_not_it(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    features = [Feature("x", "number")]
+    ref = _reference(features, rng.normal(size=(500, 1)), rng.uniform(size=500))
+    job = _insert_job(
+        engine, ref, [_counts(ref, rng.normal(size=(100, 1)), rng.uniform(size=100))], pending=3
+    )
+    env = process_env(migrated, SCOREBOX_API_TOKEN=TOKEN)
+    log = tmp_path / "dashboard.log"
+    with dashboard(env, log, failures=True) as url, httpx.Client(base_url=url) as client:
+        bearer = {"Authorization": b"Bearer " + TOKEN.encode()}
+        right = client.get(f"/jobs/{job}", headers=bearer)
+        assert right.status_code == 200, right.text
+        _secured(right)
+        for wrong in ("sésame-faux", "x", TOKEN + "x", TOKEN[:-1]):
+            refused = client.get("/jobs", headers={"Authorization": b"Bearer " + wrong.encode()})
+            assert refused.status_code == 401, (wrong, refused.text)
+            _secured(refused)
+        assert client.get("/jobs", params={"token": "wrong-ключ"}).status_code == 401
+
+        # ?token= once: a redirect to the bare address that sets a cookie derived from it.
+        opened = client.get(f"/jobs/{job}?token={quote(TOKEN)}", follow_redirects=False)
+        assert opened.status_code == 303, opened.text
+        assert opened.headers["location"] == f"/jobs/{job}"
+        _secured(opened)
+        cookie = opened.headers["set-cookie"]
+        name, _, rest = cookie.partition("=")
+        value = rest.split(";")[0]
+        attributes = {a.strip().lower() for a in rest.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/"} <= attributes, cookie
+        assert "secure" not in attributes  # served over plain HTTP here
+        assert len(value) >= 32 and TOKEN not in cookie and quote(TOKEN) not in cookie
+        assert value not in TOKEN.encode().hex()
+
+        live = httpx.get(f"{url}/jobs/{job}", cookies={name: value})
+        assert live.status_code == 200 and '<meta http-equiv="refresh" content="5">' in live.text
+        assert "token" not in live.text
+        # The raw token is no cookie of this dashboard (a cookie that held it would be a key
+        # to /predict too).
+        assert httpx.get(f"{url}/jobs", cookies={name: TOKEN.encode().hex()}).status_code == 401
+        assert httpx.get(f"{url}/jobs", cookies={name: quote(TOKEN)}).status_code == 401
+
+        # Behind a proxy that speaks TLS, the cookie is Secure.
+        proxied = client.get(
+            f"/jobs?token={quote(TOKEN)}",
+            headers={"X-Forwarded-Proto": "https"},
+            follow_redirects=False,
+        )
+        assert proxied.status_code == 303 and "secure" in proxied.headers["set-cookie"].lower()
+
+        # Every answer carries the headers: a missing page, a missing job, a chart.
+        for path in ("/nowhere", "/jobs/999999", "/log", "/"):
+            _secured(client.get(path, headers=bearer))
+
+        # A browser opened with ?token= follows the redirect and is let in by the cookie (a
+        # session cookie: a new browser session opens with the token again).
+        browser = Browser(screenshots)
+        opened_dom = browser.dom(f"{url}/jobs/{job}?token={quote(TOKEN)}")
+        assert f"Job {job}" in opened_dom and "scored" in opened_dom, opened_dom[:500]
+        assert "API token" in browser.dom(f"{url}/jobs")
+        browser.screenshot(f"{url}/jobs/{job}?token={quote(TOKEN)}", "job-live")
+
+        # An error page too (the log's table gone: this test may write, the dashboard cannot).
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE scorebox_prediction_log RENAME TO away"))
+        failed = client.get("/log", headers=bearer)
+        assert failed.status_code == 500
+        _secured(failed)
+    assert log.read_text().count("Traceback") == 1 and "UndefinedTable" in log.read_text()
 
 
 def test_the_dashboard_cannot_write(migrated: Settings) -> None:
