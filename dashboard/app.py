@@ -172,25 +172,25 @@ def make_app(settings: Settings) -> Starlette:
                 context["bars"] = await asyncio.to_thread(
                     charts.drift_bars, found, settings.drift_warn
                 )
-                top = next((d for d in found if d.name != SCORE), None)
-                if top is not None:
-                    layout = profile["features"][top.name]
-                    counts = merged[top.name]
-                    now = (counts / counts.sum()).tolist() if counts.sum() else []
-                    context["top"] = top
-                    context["shares"] = await asyncio.to_thread(
-                        charts.shares,
-                        bin_labels(layout),
-                        layout["shares"],
-                        now,
-                        f"{top.name}: training against this job (PSI {top.psi:.3f})",
-                    )
+                # The bins worth a look: the largest PSI, the model's score's too.
+                top = max(found, key=lambda d: d.psi)
+                layout = profile["score"] if top.name == SCORE else profile["features"][top.name]
+                counts = merged[top.name]
+                now = (counts / counts.sum()).tolist() if counts.sum() else []
+                context["top"] = top
+                context["shares"] = await asyncio.to_thread(
+                    charts.shares,
+                    bin_labels(layout),
+                    layout["shares"],
+                    now,
+                    f"{charts.label(top.name)}: training against this job (PSI {top.psi:.3f})",
+                )
         live = job["status"] in ("queued", "running")
         return page("job.html", refresh=REFRESH_SECONDS if live else None, **context)
 
     async def log_page(request: Request, conn: Any) -> Response:
-        points = await queries.log_volume(conn)
-        chart = await asyncio.to_thread(charts.volume, points)
+        points, now = await queries.log_volume(conn)
+        chart = await asyncio.to_thread(charts.volume, points, now)
         total = sum(n for _, n in points)
         return page("log.html", chart=chart, total=total, active="log")
 

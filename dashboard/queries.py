@@ -98,12 +98,13 @@ async def reference_and_profiles(conn: Any, job_id: int) -> tuple[str | None, li
     return reference, [r[0] for r in profiles]
 
 
-async def log_volume(conn: Any, hours: int = 24) -> list[tuple[Any, int]]:
-    """Logged predictions per minute over the last ``hours``."""
+async def log_volume(conn: Any, hours: int = 24) -> tuple[list[tuple[Any, int]], Any]:
+    """Logged predictions a minute over the last ``hours``, and the database's time now."""
     rows = await conn.fetch(
-        f"SELECT date_trunc('minute', logged_at) AS minute, count(*) AS n FROM "
+        f"SELECT date_trunc('minute', logged_at) AS minute, count(*) AS n, now() AS now FROM "
         f"{PREDICTION_LOG_TABLE} WHERE logged_at > now() - make_interval(hours => $1) "
         "GROUP BY 1 ORDER BY 1",
         hours,
     )
-    return [(r["minute"], int(r["n"])) for r in rows]
+    now = rows[0]["now"] if rows else await conn.fetchval("SELECT now()")
+    return [(r["minute"], int(r["n"])) for r in rows], now

@@ -13,9 +13,11 @@ for the model's own score.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ TOP_CATEGORIES = 20
 # Shares below this count as this much, so an empty bin gives a finite PSI.
 FLOOR = 1e-4
 SCORE = "__score__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def probability_edges(bins: int = QUANTILE_BINS) -> list[float]:
@@ -200,11 +203,26 @@ def drift(profile: Mapping[str, Any], merged: Mapping[str, np.ndarray]) -> list[
 
 
 def bin_labels(layout: Mapping[str, Any]) -> list[str]:
-    """Readable names of a layout's bins, in order."""
+    """Readable names of a layout's bins, in order (dates as dates)."""
     if layout["kind"] == "category":
         return ["missing", *layout["labels"], "other", "never seen"]
-    edges = [f"{e:.4g}" for e in layout["edges"]]
+    edges = [_edge(layout["kind"], e) for e in layout["edges"]]
     if not edges:
         return ["missing", "all", "never seen"]
     inner = [f"{a} to {b}" for a, b in itertools.pairwise(edges)]
     return ["missing", f"< {edges[0]}", *inner, f"≥ {edges[-1]}", "never seen"]
+
+
+def _edge(kind: str, value: float) -> str:
+    """A bin edge as a person reads it: a day (or a time) for dates, a number without exponent."""
+    if kind in ("date", "datetime") and -719_000 < value < 2_900_000:  # years 1 to 9,900
+        # A whole day belongs to the bin above an edge that falls inside it.
+        days = math.ceil(value) if kind == "date" else value
+        moment = _EPOCH + timedelta(days=days)
+        if kind == "date" or moment == moment.replace(hour=0, minute=0, second=0, microsecond=0):
+            return f"{moment:%Y-%m-%d}"
+        return f"{moment:%Y-%m-%d %H:%M}"
+    if value == 0 or 1e-3 <= abs(value) < 1e15:
+        digits = max(4, math.floor(math.log10(abs(value))) + 1) if value else 4
+        return f"{value:,.{digits}g}"
+    return f"{value:.4g}"

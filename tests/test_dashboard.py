@@ -8,8 +8,10 @@ be shown a job of any shape, up to 100,000 chunks, without scoring it."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +26,7 @@ from scorebox.migrate import upgrade
 from scorebox.profile import count_chunk, reference
 from scorebox.settings import Settings
 from tests.conftest import process_env
-from tests.dashboards import Browser, dashboard
+from tests.dashboards import Browser, dashboard, svg_texts, table_rows
 
 RNG_SEED = 21
 
@@ -106,6 +108,49 @@ def _insert_job(
             },
         )
     return int(job_id)
+
+
+def _drift_table(html: str) -> dict[str, tuple[str, list[str]]]:
+    """The job page's drift table: {feature: (the row's class, its cells)}."""
+    rows = table_rows(html)
+    start = next((i for i, (_, cells) in enumerate(rows) if cells[:2] == ["feature", "kind"]), None)
+    if start is None:
+        return {}
+    found = {}
+    for kind, cells in rows[start + 1 :]:
+        if len(cells) < 3:
+            break
+        found[cells[0]] = (kind, cells)
+    return found
+
+
+# --- charts draw text as given ----------------------------------------------------------------
+
+
+def test_dollar_signs_in_names_and_categories_are_drawn_literally(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    odd = "US$ 5 # $10"  # matplotlib would read "$ 5 # $" as (broken) math
+    features = [
+        Feature(odd, "number"),
+        Feature("paid in", "category", categories=(odd, "EUR", "$x$")),
+    ]
+    rng = np.random.default_rng(RNG_SEED)
+    paid = rng.choice([0, 1, 2], size=2000, p=[0.7, 0.2, 0.1])
+    train = np.column_stack([rng.normal(size=2000), paid]).astype(float)
+    ref = _reference(features, train, rng.uniform(size=2000))
+    # Every row of the job pays in "$x$" (code 2), a tenth of training's: it drifts most.
+    now = np.column_stack([rng.normal(0.5, size=500), np.full(500, 2.0)])
+    job = _insert_job(engine, ref, [_counts(ref, now, rng.uniform(size=500))])
+
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        page = httpx.get(f"{url}/jobs/{job}", timeout=30)
+        assert page.status_code == 200, page.text
+        drawn = svg_texts(page.text)
+        assert odd in drawn and "$x$" in drawn and "paid in" in drawn, drawn
+        assert any(t.startswith("paid in: training against this job") for t in drawn), drawn
+        assert set(_drift_table(page.text)) == {odd, "paid in", "(model score)"}
+        Browser(screenshots).screenshot(f"{url}/jobs/{job}", "job-dollar-names")
 
 
 # --- the token --------------------------------------------------------------------------------
@@ -192,6 +237,86 @@ def test_the_token_is_compared_as_bytes_leaves_the_address_and_the_cookie_is_not
         assert failed.status_code == 500
         _secured(failed)
     assert log.read_text().count("Traceback") == 1 and "UndefinedTable" in log.read_text()
+
+
+def test_job_pages_show_the_score_and_dates_plainly(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    features = [
+        Feature("radius", "number"),
+        Feature("signup", "date"),
+        Feature("plan", "category", categories=("basic", "pro", "team")),
+    ]
+    epoch = date(1970, 1, 1)
+    first_day = (date(2019, 1, 1) - epoch).days
+
+    def rows(n: int, days_later: int = 0) -> np.ndarray:
+        return np.column_stack(
+            [
+                rng.normal(10, 2, size=n),
+                rng.integers(first_day, first_day + 365, size=n) + days_later,
+                rng.choice([0, 1, 2], size=n, p=[0.6, 0.3, 0.1]),
+            ]
+        ).astype(float)
+
+    ref = _reference(features, rows(3000), rng.beta(2, 5, size=3000))
+    # Only the model's score moved: the features are drawn as in training.
+    scored = _insert_job(
+        engine, ref, [_counts(ref, rows(200), rng.beta(5, 2, size=200)) for _ in range(10)]
+    )
+    dated = _insert_job(
+        engine, ref, [_counts(ref, rows(200, 400), rng.beta(2, 5, size=200)) for _ in range(10)]
+    )
+
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        page = httpx.get(f"{url}/jobs/{scored}", timeout=30).text
+        table = _drift_table(page)
+        assert table["(model score)"][0] == "drifted"
+        assert [n for n, (kind, _) in table.items() if kind == "drifted"] == ["(model score)"]
+        drawn = svg_texts(page)
+        assert "(model score)" in drawn  # a bar of its own in the PSI chart
+        assert any(t.startswith("(model score): training against this job") for t in drawn)
+
+        page = httpx.get(f"{url}/jobs/{dated}", timeout=30).text
+        assert _drift_table(page)["signup"][0] == "drifted"
+        drawn = svg_texts(page)
+        assert any(t.startswith("signup: training against this job") for t in drawn)
+        days = [t for t in drawn if re.fullmatch(r"(< |≥ )?2019-\d\d-\d\d( to 2019-\d\d-\d\d)?", t)]
+        assert len(days) >= 8, drawn
+        assert not [t for t in drawn if "e+0" in t], drawn
+
+        browser = Browser(screenshots)
+        browser.screenshot(f"{url}/jobs/{scored}", "job-score-drift")
+        browser.screenshot(f"{url}/jobs/{dated}", "job-date-drift")
+
+
+# --- the prediction log -----------------------------------------------------------------------
+
+
+def test_the_prediction_log_axis_spans_its_data_not_years(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_prediction_log (logged_at, model_tag, request_id, features, "
+                "prediction) SELECT now() - make_interval(secs => g), 'scorebox-test:v1', "
+                "'r' || g, '{}', '{}' FROM generate_series(1, 30) g"
+            )
+        )
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        page = httpx.get(f"{url}/log", timeout=30)
+        assert page.status_code == 200
+        assert "30 online predictions logged in the last 24 hours" in page.text
+        drawn = svg_texts(page.text)
+        times = [t for t in drawn if re.fullmatch(r"\d\d:\d\d", t)]
+        assert len(times) >= 3, drawn
+        minutes = sorted(int(t[:2]) * 60 + int(t[3:]) for t in times)
+        span = (minutes[-1] - minutes[0]) % (24 * 60)
+        assert span <= 90, times  # the last hour or so, not years
+        assert not [t for t in drawn if re.fullmatch(r"(19|20)\d\d", t)], drawn
+        Browser(screenshots).screenshot(f"{url}/log", "log")
 
 
 def test_the_dashboard_cannot_write(migrated: Settings) -> None:
