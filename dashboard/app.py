@@ -126,6 +126,14 @@ def make_app(settings: Settings) -> Starlette:
         found = await asyncio.to_thread(described, found, trusted)
         return page("models.html", models=found, active="models")
 
+    async def model_page(request: Request, conn: Any) -> Response:
+        tag = request.path_params["tag"]
+        found = await queries.model(conn, tag, MAX_SIGNATURE_BYTES)
+        if found is None:
+            return PlainTextResponse(f"no model version {tag}", status_code=404)
+        (model,) = await asyncio.to_thread(described, [found], trusted)
+        return page("model.html", model=model, active="models")
+
     async def evaluation(request: Request, conn: Any) -> Response:
         tag = request.path_params["tag"]
         png = plots.get(tag)
@@ -197,6 +205,7 @@ def make_app(settings: Settings) -> Starlette:
     return _Dashboard(
         routes=[
             Route("/", guarded(models_page)),
+            Route("/models/{tag:str}", guarded(model_page)),
             Route("/models/{tag:str}/evaluation.png", guarded(evaluation)),
             Route("/jobs", guarded(jobs_page)),
             Route("/jobs/{job_id:int}", guarded(job_page)),

@@ -13,19 +13,28 @@ from scorebox.db import (
     PREDICTION_LOG_TABLE,
 )
 
+_VERSIONS = (
+    "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
+    "THEN m.signature END AS signature, coalesce(array_agg(a.alias ORDER BY a.alias) "
+    f"FILTER (WHERE a.alias IS NOT NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m "
+    f"LEFT JOIN {ALIASES_TABLE} a ON a.tag = m.tag"
+)
+
 
 async def models(conn: Any, max_signature: int) -> list[dict[str, Any]]:
     """Registered versions, newest first, with their aliases and signatures (None when larger
     than ``max_signature``; the caller verifies them)."""
     rows = await conn.fetch(
-        "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
-        "THEN m.signature END AS signature, coalesce(array_agg(a.alias ORDER BY a.alias) "
-        f"FILTER (WHERE a.alias IS NOT NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m "
-        f"LEFT JOIN {ALIASES_TABLE} a ON a.tag = m.tag GROUP BY m.tag "
-        "ORDER BY m.created_at DESC, m.tag DESC LIMIT 50",
+        f"{_VERSIONS} GROUP BY m.tag ORDER BY m.created_at DESC, m.tag DESC LIMIT 50",
         max_signature,
     )
     return [dict(r) for r in rows]
+
+
+async def model(conn: Any, tag: str, max_signature: int) -> dict[str, Any] | None:
+    """Version ``tag`` as :func:`models` gives each, or None when it is not registered."""
+    row = await conn.fetchrow(f"{_VERSIONS} WHERE m.tag = $2 GROUP BY m.tag", max_signature, tag)
+    return None if row is None else dict(row)
 
 
 async def signature(conn: Any, tag: str, max_signature: int) -> tuple[bool, str | None]:

@@ -239,6 +239,70 @@ def test_the_token_is_compared_as_bytes_leaves_the_address_and_the_cookie_is_not
     assert log.read_text().count("Traceback") == 1 and "UndefinedTable" in log.read_text()
 
 
+# --- models -----------------------------------------------------------------------------------
+
+
+def test_every_version_has_a_page_and_a_malformed_row_is_shown_refused(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    from scorebox.aliases import set_alias
+    from scorebox.catalog import Catalog
+    from scorebox.seed import seed
+    from training import train
+
+    with engine.begin() as conn:
+        seed(conn, migrated.feature_table, id_column="id", target_column="target")
+    versions = [train(migrated, engine) for _ in range(4)]  # newest last
+    catalog = Catalog.from_settings(migrated, engine)
+    oldest = versions[0]
+    set_alias(catalog, "champion", oldest.tag)
+    set_alias(catalog, "challenger", versions[-1].tag)
+    bad = f"{migrated.model_name}:malformed"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO scorebox_models (tag, name, task, estimator, metrics, metadata, "
+                "artifact, artifact_sha256, signature, created_by) VALUES (:tag, :name, "
+                "'classification', 'x', CAST(:metrics AS json), CAST(:metadata AS json), "
+                "'not an archive', 'x', '{\"scheme\": 1}', 'x')"
+            ),
+            {
+                "tag": bad,
+                "name": migrated.model_name,
+                "metrics": json.dumps({"roc_auc": None}),
+                "metadata": json.dumps({"features": "nope"}),
+            },
+        )
+
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        listed = httpx.get(url, timeout=30)
+        assert listed.status_code == 200, listed.text
+        for version in versions:
+            assert f'href="/models/{version.tag}"' in listed.text
+        assert f'href="/models/{bad}"' in listed.text and "Refused" in listed.text
+
+        page = httpx.get(f"{url}/models/{oldest.tag}", timeout=30)
+        assert page.status_code == 200, page.text
+        assert 'class="alias">champion<' in page.text
+        cells = {c for _, row in table_rows(page.text) for c in row}
+        for name, value in oldest.info.metrics.items():
+            assert name in cells and f"{value:.4f}" in cells, (name, value)
+        assert set(oldest.info.feature_names) <= cells
+        assert f'src="/models/{oldest.tag}/evaluation.png"' in page.text
+        plot = httpx.get(f"{url}/models/{oldest.tag}/evaluation.png", timeout=30)
+        assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
+
+        refused = httpx.get(f"{url}/models/{bad}", timeout=30)
+        assert refused.status_code == 200 and "signature is malformed" in refused.text
+        assert "evaluation.png" not in refused.text
+        assert httpx.get(f"{url}/models/{migrated.model_name}:nope", timeout=30).status_code == 404
+
+        browser = Browser(screenshots)
+        browser.screenshot(url, "models")
+        browser.screenshot(f"{url}/models/{oldest.tag}", "model")
+        browser.screenshot(f"{url}/models/{bad}", "model-refused")
+
+
 def test_job_pages_show_the_score_and_dates_plainly(
     migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
 ) -> None:
