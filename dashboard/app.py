@@ -31,11 +31,12 @@ from starlette.types import ASGIApp
 
 from dashboard import charts, queries
 from dashboard.auth import Gate, SecurityHeaders
+from dashboard.profiles import Counted, judge
 from scorebox.archive import Limits, read_file
 from scorebox.db import asyncpg_arguments
 from scorebox.errors import ModelError
 from scorebox.modelinfo import ModelInfo
-from scorebox.profile import SCORE, bin_labels, drift, merge
+from scorebox.profile import SCORE, bin_labels, merge
 from scorebox.settings import Settings
 from scorebox.signing import MAX_SIGNATURE_BYTES, TrustedKeys, verify
 
@@ -73,7 +74,33 @@ def _templates() -> Environment:
     )
     environment.filters["number"] = lambda v: "" if v is None else f"{v:,.0f}"
     environment.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M:%S}"
+    environment.filters["feature"] = charts.label
     return environment
+
+
+def _drift_charts(counted: Counted) -> dict[str, Any]:
+    """The job page's charts: every PSI, and the bins of the item worth a look."""
+    assert counted.drift is not None and counted.profile is not None
+    found = counted.drift
+    drawn: dict[str, Any] = {
+        "bars": charts.drift_bars(
+            [j.drift for j in found.items], [j.judged for j in found.items], found.warn
+        )
+    }
+    top = found.top
+    if top is not None:
+        name = top.drift.name
+        layout = counted.profile["score"] if name == SCORE else counted.profile["features"][name]
+        counts = counted.counts[name]
+        now = (counts / counts.sum()).tolist() if counts.sum() else []
+        judged = f"PSI {top.drift.psi:.3f}" if top.judged else "too few rows to judge"
+        drawn["shares"] = charts.shares(
+            bin_labels(layout),
+            layout["shares"],
+            now,
+            f"{charts.label(name)}: training against this job ({judged})",
+        )
+    return drawn
 
 
 class _Dashboard(Starlette):
@@ -110,7 +137,8 @@ def make_app(settings: Settings) -> Starlette:
             await state["pool"].close()
 
     def page(name: str, **context: Any) -> HTMLResponse:
-        return HTMLResponse(templates.get_template(name).render(**context))
+        html = templates.get_template(name).render(warn=settings.drift_warn, **context)
+        return HTMLResponse(html)
 
     def guarded(
         handler: Callable[[Request, Any], Awaitable[Response]],
@@ -169,32 +197,25 @@ def make_app(settings: Settings) -> Starlette:
             return PlainTextResponse(f"no job {job_id}", status_code=404)
         failed = await queries.failed_rows(conn, job_id)
         reference, profiles = await queries.reference_and_profiles(conn, job_id)
-        context: dict[str, Any] = {"job": job, "failed": failed, "active": "jobs"}
+        counted = Counted(None, None, {}, 0)
+        drawn: dict[str, Any] = {}
         if reference is not None and json.loads(reference):
             profile = json.loads(reference)["profile"]
             merged = merge(json.loads(p) for p in profiles)
-            found = drift(profile, merged)
-            context["drift"] = found
-            context["warn"] = settings.drift_warn
-            if found:
-                context["bars"] = await asyncio.to_thread(
-                    charts.drift_bars, found, settings.drift_warn
-                )
-                # The bins worth a look: the largest PSI, the model's score's too.
-                top = max(found, key=lambda d: d.psi)
-                layout = profile["score"] if top.name == SCORE else profile["features"][top.name]
-                counts = merged[top.name]
-                now = (counts / counts.sum()).tolist() if counts.sum() else []
-                context["top"] = top
-                context["shares"] = await asyncio.to_thread(
-                    charts.shares,
-                    bin_labels(layout),
-                    layout["shares"],
-                    now,
-                    f"{charts.label(top.name)}: training against this job (PSI {top.psi:.3f})",
-                )
+            found = await asyncio.to_thread(judge, profile, merged, settings.drift_warn)
+            counted = Counted(profile, found, merged, len(profiles))
+            if found.items:
+                drawn = await asyncio.to_thread(_drift_charts, counted)
         live = job["status"] in ("queued", "running")
-        return page("job.html", refresh=REFRESH_SECONDS if live else None, **context)
+        return page(
+            "job.html",
+            job=job,
+            failed=failed,
+            counted=counted,
+            charts=drawn,
+            active="jobs",
+            refresh=REFRESH_SECONDS if live else None,
+        )
 
     async def log_page(request: Request, conn: Any) -> Response:
         points, now = await queries.log_volume(conn)

@@ -23,7 +23,7 @@ matplotlib.rcParams["text.parse_math"] = False
 matplotlib.rcParams["svg.fonttype"] = "none"
 
 SCORE_LABEL = "(model score)"
-_RED, _BLUE = "#c0392b", "#2e86c1"
+_RED, _BLUE, _GREY = "#c0392b", "#2e86c1", "#aab7b8"
 _LABEL_CHARS = 28
 
 
@@ -43,17 +43,19 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
-def drift_bars(found: Sequence[Drift], warn: float, limit: int = 20) -> str:
+def drift_bars(found: Sequence[Drift], judged: Sequence[bool], warn: float, limit: int = 20) -> str:
     """PSI of each feature (the largest ``limit``) and of the model's score, with the warning
-    threshold; a bar is red past it."""
-    shown = [d for d in found if d.name != SCORE][:limit] + [d for d in found if d.name == SCORE]
+    threshold; a bar is red past it, grey when there are too few rows to judge it."""
+    shown = [(d, j) for d, j in zip(found, judged, strict=True) if d.name != SCORE][:limit]
+    shown += [(d, j) for d, j in zip(found, judged, strict=True) if d.name == SCORE]
     shown.reverse()  # barh draws upwards: the largest at the top, the score at the bottom
     figure = Figure(figsize=(8, 0.32 * len(shown) + 1.3))
     axis = figure.subplots()
     positions = range(len(shown))
-    values = [d.psi for d in shown]
-    axis.barh(positions, values, color=[_RED if v > warn else _BLUE for v in values])
-    axis.set_yticks(list(positions), [_short(label(d.name)) for d in shown])
+    values = [d.psi for d, _ in shown]
+    colors = [(_RED if d.psi > warn else _BLUE) if j else _GREY for d, j in shown]
+    axis.barh(positions, values, color=colors)
+    axis.set_yticks(list(positions), [_short(label(d.name)) for d, _ in shown])
     axis.axvline(warn, color="#555", linestyle="--", linewidth=1)
     # Named above the plot, where no bar can hide it.
     axis.text(warn, 1.01, f"warn at {warn:g}", transform=axis.get_xaxis_transform(), ha="center")

@@ -303,7 +303,20 @@ def test_every_version_has_a_page_and_a_malformed_row_is_shown_refused(
         browser.screenshot(f"{url}/models/{bad}", "model-refused")
 
 
-def test_job_pages_show_the_score_and_dates_plainly(
+# --- what a person sees on jobs ---------------------------------------------------------------
+
+
+def _false_alarms(shares: Sequence[float], rows: int, trials: int = 20_000) -> float:
+    """How often a sample of ``rows`` rows drawn from training's own shares passes PSI 0.2."""
+    rng = np.random.default_rng(7)
+    p = np.asarray(shares, dtype=float)
+    drawn = rng.multinomial(rows, p / p.sum(), size=trials)
+    e = np.maximum(p, 1e-4)
+    o = np.maximum(drawn / rows, 1e-4)
+    return float(np.mean(np.sum((o - e) * np.log(o / e), axis=1) > 0.2))
+
+
+def test_job_pages_show_the_score_dates_and_too_small_samples_plainly(
     migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
 ) -> None:
     rng = np.random.default_rng(RNG_SEED)
@@ -332,6 +345,8 @@ def test_job_pages_show_the_score_and_dates_plainly(
     dated = _insert_job(
         engine, ref, [_counts(ref, rows(200, 400), rng.beta(2, 5, size=200)) for _ in range(10)]
     )
+    tiny = _insert_job(engine, ref, [_counts(ref, rows(2), rng.beta(2, 5, size=2))])
+    live = _insert_job(engine, ref, [_counts(ref, rows(100), rng.beta(2, 5, size=100))], pending=4)
 
     with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
         page = httpx.get(f"{url}/jobs/{scored}", timeout=30).text
@@ -350,9 +365,24 @@ def test_job_pages_show_the_score_and_dates_plainly(
         assert len(days) >= 8, drawn
         assert not [t for t in drawn if "e+0" in t], drawn
 
+        page = httpx.get(f"{url}/jobs/{tiny}", timeout=30).text
+        table = _drift_table(page)
+        assert not [n for n, (kind, _) in table.items() if kind == "drifted"], table
+        found = re.search(r"Too few rows to judge drift: 2 scored, ([0-9,]+) needed", page)
+        assert found, page
+        needed = int(found.group(1).replace(",", ""))
+        # The number is the least at which a sample of training's own rows passes the warning
+        # less than one time in twenty, for every feature and the score; half of it would not do.
+        layouts = [*ref["profile"]["features"].values(), ref["profile"]["score"]]
+        alarms = [_false_alarms(layout["shares"], needed) for layout in layouts]
+        assert max(alarms) <= 0.06, (needed, alarms)
+        assert max(_false_alarms(layout["shares"], needed // 2) for layout in layouts) > 0.05
+
         browser = Browser(screenshots)
         browser.screenshot(f"{url}/jobs/{scored}", "job-score-drift")
         browser.screenshot(f"{url}/jobs/{dated}", "job-date-drift")
+        browser.screenshot(f"{url}/jobs/{tiny}", "job-two-rows")
+        browser.screenshot(f"{url}/jobs/{live}", "job-running")
 
 
 # --- the prediction log -----------------------------------------------------------------------
