@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import date
@@ -110,6 +113,13 @@ def _insert_job(
     return int(job_id)
 
 
+def _psi(shares: Sequence[float], counts: np.ndarray) -> float:
+    """PSI as the README defines it, written here from scratch."""
+    e = np.maximum(np.asarray(shares, dtype=float), 1e-4)
+    o = np.maximum(counts / counts.sum(), 1e-4)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
 def _drift_table(html: str) -> dict[str, tuple[str, list[str]]]:
     """The job page's drift table: {feature: (the row's class, its cells)}."""
     rows = table_rows(html)
@@ -122,6 +132,36 @@ def _drift_table(html: str) -> dict[str, tuple[str, list[str]]]:
             break
         found[cells[0]] = (kind, cells)
     return found
+
+
+def test_chunk_counts_add_up_as_json_reads_them_and_anything_else_is_refused() -> None:
+    from dashboard.profiles import add_up
+
+    rng = np.random.default_rng(RNG_SEED)
+    chunks = [
+        {"a": rng.integers(0, 1000, 12).tolist(), "b$ [x]": rng.integers(0, 9, 4).tolist()}
+        for _ in range(300)
+    ]
+    texts = [json.dumps(c) for c in chunks] + ["null", json.dumps({"a": [0] * 12})]
+    total = add_up(texts)
+    assert set(total) == {"a", "b$ [x]"}
+    for name in total:
+        assert total[name].tolist() == [
+            sum(c[name][i] for c in chunks) for i in range(len(chunks[0][name]))
+        ]
+    for bad in (
+        '{"a": [1, 2.5]}',
+        '{"a": [1, [2]]}',
+        '{"a": 5}',
+        '{"a": [1, -2]}',
+        '{"a": []}',
+        '{"a": ["1"]}',
+        '{"a": [1, 2, 3]}',
+        '{"a": [1, 2}',
+        "[1, 2]",
+    ):
+        with pytest.raises(ValueError):
+            add_up([bad, '{"a": [1, 2]}'])
 
 
 # --- charts draw text as given ----------------------------------------------------------------
@@ -150,7 +190,103 @@ def test_dollar_signs_in_names_and_categories_are_drawn_literally(
         assert odd in drawn and "$x$" in drawn and "paid in" in drawn, drawn
         assert any(t.startswith("paid in: training against this job") for t in drawn), drawn
         assert set(_drift_table(page.text)) == {odd, "paid in", "(model score)"}
+        jobs = httpx.get(f"{url}/jobs", timeout=30)
+        assert jobs.status_code == 200 and "paid in" in jobs.text
         Browser(screenshots).screenshot(f"{url}/jobs/{job}", "job-dollar-names")
+
+
+def test_job_rows_that_cannot_be_read_are_said_so_not_a_500(
+    migrated: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    ref = _reference([Feature("x", "number")], rng.normal(size=(500, 1)), rng.uniform(size=500))
+    good = _counts(ref, rng.normal(size=(100, 1)), rng.uniform(size=100))
+    # A job's row is the database's, not signed: anyone who can write it can write anything.
+    garbled = _insert_job(engine, ref | {"profile": {"features": "nope"}}, [good])
+    listed = _insert_job(engine, ["not", "an", "object"], [good])
+    miscounted = _insert_job(engine, ref, [good, {"x": [1, 2.5], "__score__": "many"}])
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        for job in (garbled, miscounted):
+            page = httpx.get(f"{url}/jobs/{job}", timeout=30)
+            assert page.status_code == 200 and "drift cannot be shown now" in page.text, job
+        page = httpx.get(f"{url}/jobs/{listed}", timeout=30)
+        assert page.status_code == 200 and "has no training profile" in page.text
+        assert httpx.get(f"{url}/jobs", timeout=30).status_code == 200
+
+
+# --- a big job --------------------------------------------------------------------------------
+
+
+def test_a_job_of_100000_chunks_is_shown_fast_and_every_other_page_meanwhile(
+    migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
+) -> None:
+    rng = np.random.default_rng(RNG_SEED)
+    features = [Feature(f"feature_{i:02d}", "number") for i in range(30)]
+    train = rng.normal(size=(5000, 30))
+    ref = _reference(features, train, rng.uniform(size=5000))
+    same = _counts(ref, rng.normal(size=(100, 30)), rng.uniform(size=100))
+    moved_rows = rng.normal(size=(100, 30))
+    moved_rows[:, 7] += 1.5
+    moved = _counts(ref, moved_rows, rng.uniform(size=100))
+    started = time.perf_counter()
+    big = _insert_job(engine, ref, [same, moved], chunks=100_000)
+    inserted = time.perf_counter() - started
+    small = _insert_job(engine, ref, [same] * 3)
+    merged = 50_000 * (np.asarray(same["feature_07"]) + np.asarray(moved["feature_07"]))
+    expected = _psi(ref["profile"]["features"]["feature_07"]["shares"], merged)
+
+    with dashboard(process_env(migrated), tmp_path / "dashboard.log") as url:
+        httpx.get(f"{url}/jobs/{small}", timeout=30).raise_for_status()  # warm
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def probe() -> None:  # another person, looking at another job meanwhile
+            with httpx.Client(timeout=60) as client:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    client.get(f"{url}/jobs/{small}").raise_for_status()
+                    latencies.append(time.perf_counter() - t)
+                    time.sleep(0.05)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            t = time.perf_counter()
+            first = httpx.get(f"{url}/jobs/{big}", timeout=120)
+            first_seconds = time.perf_counter() - t
+            assert first.status_code == 200
+            while "feature_07" not in _drift_table(first.text):  # counted in the background
+                assert time.perf_counter() - t < 120, "the drift was never shown"
+                time.sleep(0.5)
+                first = httpx.get(f"{url}/jobs/{big}", timeout=120)
+            drift_seconds = time.perf_counter() - t
+        finally:
+            stop.set()
+            prober.join()
+        again = []
+        for _ in range(3):
+            t = time.perf_counter()
+            page = httpx.get(f"{url}/jobs/{big}", timeout=120)
+            again.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        listed = httpx.get(f"{url}/jobs", timeout=120)
+        list_seconds = time.perf_counter() - t
+        Browser(screenshots).screenshot(f"{url}/jobs/{big}", "job-100000-chunks")
+
+    figures = (
+        f"100,000 chunks inserted in {inserted:.1f} s; job page: first answer "
+        f"{first_seconds:.2f} s, drift shown after {drift_seconds:.2f} s, then "
+        f"{statistics.median(again):.2f} s (median of 3); jobs list {list_seconds:.2f} s; "
+        f"another job's page meanwhile: {len(latencies)} answers, median "
+        f"{statistics.median(latencies) * 1000:.0f} ms, slowest {max(latencies) * 1000:.0f} ms"
+    )
+    print(f"\n{figures}")
+    assert "10,000,000 scored" in page.text
+    kind, cells = _drift_table(page.text)["feature_07"]
+    assert kind == "drifted" and abs(float(cells[2]) - expected) < 5e-4, (cells, expected)
+    assert "feature_07" in listed.text
+    assert first_seconds < 3 and max(again) < 2 and list_seconds < 3, figures
+    assert max(latencies) < 1.0, figures
 
 
 # --- the token --------------------------------------------------------------------------------
@@ -378,7 +514,17 @@ def test_job_pages_show_the_score_dates_and_too_small_samples_plainly(
         assert max(alarms) <= 0.06, (needed, alarms)
         assert max(_false_alarms(layout["shares"], needed // 2) for layout in layouts) > 0.05
 
+        jobs = httpx.get(f"{url}/jobs", timeout=30).text
+        listed = {cells[0]: (kind, cells) for kind, cells in table_rows(jobs) if cells}
+        header = next(cells for _, cells in table_rows(jobs) if cells and cells[0] == "job")
+        column = header.index("drift")
+        assert "(model score)" in listed[str(scored)][1][column]
+        assert "signup" in listed[str(dated)][1][column]
+        assert "too few rows" in listed[str(tiny)][1][column]
+        assert '<meta http-equiv="refresh" content="5">' in jobs  # a job is running
+
         browser = Browser(screenshots)
+        browser.screenshot(f"{url}/jobs", "jobs")
         browser.screenshot(f"{url}/jobs/{scored}", "job-score-drift")
         browser.screenshot(f"{url}/jobs/{dated}", "job-date-drift")
         browser.screenshot(f"{url}/jobs/{tiny}", "job-two-rows")

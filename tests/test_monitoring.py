@@ -156,7 +156,14 @@ def _dashboard_pages(
         assert evaluation.status_code == 200 and evaluation.content[:4] == b"\x89PNG"
         jobs = browser.dom(f"{url}/jobs?token=dash-token")
         assert f'href="/jobs/{job_id}"' in jobs and "shifted" in jobs and "succeeded" in jobs
+        # The first look at a job adds up its chunks' counts and finds the rows each feature
+        # needs; the page says so meanwhile, and comes back.
+        deadline = time.monotonic() + 60
         page = browser.dom(f"{url}/jobs/{job_id}?token=dash-token")
+        while "Adding up the counts" in page:
+            assert time.monotonic() < deadline, page
+            time.sleep(1)
+            page = browser.dom(f"{url}/jobs/{job_id}?token=dash-token")
         shot = browser.screenshot(f"{url}/jobs/{job_id}?token=dash-token", "dashboard")
         print(f"\ndashboard screenshot: {shot}")
         flagged = {
