@@ -185,8 +185,8 @@ def rows_needed(shares: Sequence[float], warn: float) -> int:
     ``warn`` more often than FALSE_ALARMS (one time in twenty): a few rows leave most bins empty,
     and an empty bin alone adds its share times log(share / 1e-4). Found by drawing 4,000 samples
     a size with a fixed seed, starting from the chi-square approximation of PSI (n PSI ~ chi2
-    with a degree of freedom less than the bins), which alone falls short by up to half when
-    bins are uneven. Training's shares are taken as exact, to the 1e-4 PSI floors them at."""
+    with a degree of freedom less than the bins), which alone falls short by 30-40% when bins
+    are uneven. Training's shares are taken as exact, to the 1e-4 PSI floors them at."""
     return _rows_needed(tuple(round(float(s), 4) for s in shares), float(warn))
 
 
