@@ -13,19 +13,28 @@ from scorebox.db import (
     PREDICTION_LOG_TABLE,
 )
 
+_VERSIONS = (
+    "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
+    "THEN m.signature END AS signature, coalesce(array_agg(a.alias ORDER BY a.alias) "
+    f"FILTER (WHERE a.alias IS NOT NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m "
+    f"LEFT JOIN {ALIASES_TABLE} a ON a.tag = m.tag"
+)
+
 
 async def models(conn: Any, max_signature: int) -> list[dict[str, Any]]:
     """Registered versions, newest first, with their aliases and signatures (None when larger
     than ``max_signature``; the caller verifies them)."""
     rows = await conn.fetch(
-        "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
-        "THEN m.signature END AS signature, coalesce(array_agg(a.alias ORDER BY a.alias) "
-        f"FILTER (WHERE a.alias IS NOT NULL), '{{}}') AS aliases FROM {MODELS_TABLE} m "
-        f"LEFT JOIN {ALIASES_TABLE} a ON a.tag = m.tag GROUP BY m.tag "
-        "ORDER BY m.created_at DESC, m.tag DESC LIMIT 50",
+        f"{_VERSIONS} GROUP BY m.tag ORDER BY m.created_at DESC, m.tag DESC LIMIT 50",
         max_signature,
     )
     return [dict(r) for r in rows]
+
+
+async def model(conn: Any, tag: str, max_signature: int) -> dict[str, Any] | None:
+    """Version ``tag`` as :func:`models` gives each, or None when it is not registered."""
+    row = await conn.fetchrow(f"{_VERSIONS} WHERE m.tag = $2 GROUP BY m.tag", max_signature, tag)
+    return None if row is None else dict(row)
 
 
 async def signature(conn: Any, tag: str, max_signature: int) -> tuple[bool, str | None]:
@@ -50,7 +59,7 @@ async def archive(conn: Any, tag: str, max_bytes: int) -> bytes | None:
 
 _JOBS = (
     "SELECT id, status, table_name, model_tag, model_ref, mode, rows_total, rows_scored, "
-    "rows_failed, error, created_at, started_at, finished_at, "
+    "rows_failed, chunks_total, error, created_at, started_at, finished_at, "
     "extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds "
     f"FROM {JOBS_TABLE}"
 )
@@ -71,11 +80,13 @@ async def jobs(conn: Any, limit: int = 50) -> list[dict[str, Any]]:
 
 
 async def job(conn: Any, job_id: int) -> dict[str, Any] | None:
+    """One job as :func:`jobs` gives each, or None."""
     row = await conn.fetchrow(f"{_JOBS} WHERE id = $1", job_id)
     return None if row is None else _job(row)
 
 
 async def failed_rows(conn: Any, job_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """The first rows of a job that could not be scored, with the reason."""
     rows = await conn.fetch(
         f"SELECT row_id, reason FROM {FAILED_ROWS_TABLE} WHERE job_id = $1 ORDER BY row_id "
         "LIMIT $2",
@@ -85,25 +96,43 @@ async def failed_rows(conn: Any, job_id: int, limit: int = 50) -> list[dict[str,
     return [dict(r) for r in rows]
 
 
-async def reference_and_profiles(conn: Any, job_id: int) -> tuple[str | None, list[str]]:
-    """A job's model reference (JSON text) and its done chunks' counts (JSON texts)."""
-    reference = await conn.fetchval(
-        f"SELECT reference::text FROM {JOBS_TABLE} WHERE id = $1", job_id
-    )
-    profiles = await conn.fetch(
-        f"SELECT profile::text FROM {CHUNKS_TABLE} WHERE job_id = $1 AND status = 'done' "
-        "AND profile IS NOT NULL",
+async def job_reference(conn: Any, job_id: int) -> str | None:
+    """A job's model reference: its features and training profile (JSON text)."""
+    return await conn.fetchval(f"SELECT reference::text FROM {JOBS_TABLE} WHERE id = $1", job_id)
+
+
+async def done_chunks(conn: Any, job_id: int) -> list[int]:
+    """The numbers of a job's done chunks that carry counts."""
+    return await conn.fetchval(
+        f"SELECT coalesce(array_agg(chunk_no), '{{}}') FROM {CHUNKS_TABLE} "
+        "WHERE job_id = $1 AND status = 'done' AND profile IS NOT NULL",
         job_id,
     )
-    return reference, [r[0] for r in profiles]
 
 
-async def log_volume(conn: Any, hours: int = 24) -> list[tuple[Any, int]]:
-    """Logged predictions per minute over the last ``hours``."""
+async def chunk_counts(conn: Any, job_id: int, first: int, last: int) -> list[tuple[int, str]]:
+    """(chunk number, counts as JSON text) of a job's chunks ``first`` to ``last`` that carry
+    counts (done ones)."""
+    # A range of the primary key: PostgreSQL reads just those rows whatever its statistics say
+    # (with `chunk_no = ANY(...)`, or a condition on status, it was seen to read every done
+    # chunk of a 100,000-chunk job for each batch).
     rows = await conn.fetch(
-        f"SELECT date_trunc('minute', logged_at) AS minute, count(*) AS n FROM "
+        f"SELECT chunk_no, profile::text FROM {CHUNKS_TABLE} WHERE job_id = $1 "
+        "AND chunk_no BETWEEN $2 AND $3 AND profile IS NOT NULL",
+        job_id,
+        first,
+        last,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def log_volume(conn: Any, hours: int = 24) -> tuple[list[tuple[Any, int]], Any]:
+    """Logged predictions a minute over the last ``hours``, and the database's time now."""
+    rows = await conn.fetch(
+        f"SELECT date_trunc('minute', logged_at) AS minute, count(*) AS n, now() AS now FROM "
         f"{PREDICTION_LOG_TABLE} WHERE logged_at > now() - make_interval(hours => $1) "
         "GROUP BY 1 ORDER BY 1",
         hours,
     )
-    return [(r["minute"], int(r["n"])) for r in rows]
+    now = rows[0]["now"] if rows else await conn.fetchval("SELECT now()")
+    return [(r["minute"], int(r["n"])) for r in rows], now

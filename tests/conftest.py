@@ -115,6 +115,15 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """The folder for a test's screenshots: $SCOREBOX_SCREENSHOTS if set, else in its tmp_path."""
+    given = os.environ.get("SCOREBOX_SCREENSHOTS")
+    folder = Path(given) if given else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
     """Environment for running scorebox commands as processes against this test's schema."""
     return process_env(settings)

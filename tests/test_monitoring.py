@@ -1,11 +1,9 @@
 """Watching a model in production, with real PostgreSQL, Redis, `bentoml serve` and `celery
-worker`: drift of a batch job against the training profile, computed per chunk and merged."""
+worker`: drift of a batch job against the training profile, computed per chunk and merged, as
+the CLI and the dashboard show it (tests/test_dashboard.py tests the dashboard's own cases)."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,14 +12,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-import pytest
 from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, free_port, serving, stop, working
+from scorebox.processes import BIN, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
 from tests.conftest import TrainedModel, process_env
+from tests.dashboards import Browser, dashboard, table_rows
 from tests.scoring import env_for, wait_for
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
@@ -59,6 +57,7 @@ def test_a_shifted_feature_and_only_it_is_flagged_with_the_psi_computed_here(
     client: ServiceClient,
     enqueue: Callable[[int, int, str], None],
     tmp_path: Path,
+    screenshots: Path,
 ) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE shifted AS SELECT * FROM features"))
@@ -110,46 +109,12 @@ def test_a_shifted_feature_and_only_it_is_flagged_with_the_psi_computed_here(
     assert f"drift: {SHIFTED}: PSI {expected:.3f} > 0.2 (SCOREBOX_DRIFT_WARN)" in shown
 
     # The dashboard over these jobs, in a real browser.
-    _dashboard_pages(scoring, engine, moved, expected, tmp_path)
-
-
-CHROMIUM = [
-    "chromium",
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,1600",
-]
-
-
-def _browser(url: str, profile: Path, screenshot: Path | None = None) -> str:
-    flags = [*CHROMIUM, f"--user-data-dir={profile}"]
-    if screenshot is not None:
-        subprocess.run(
-            [*flags, f"--screenshot={screenshot}", url],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
-        assert screenshot.read_bytes()[:4] == b"\x89PNG"
-    return subprocess.run(
-        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
-    ).stdout
+    _dashboard_pages(scoring, engine, moved, expected, tmp_path, screenshots)
 
 
 def _dashboard_pages(
-    scoring: Settings, engine: Engine, job_id: int, psi: float, tmp_path: Path
+    scoring: Settings, engine: Engine, job_id: int, psi: float, tmp_path: Path, screenshots: Path
 ) -> None:
-    import asyncio
-
-    import asyncpg
-
-    from dashboard.app import connect_arguments
-
     served = get_job(engine, scoring, job_id)["model_tag"]
     push = subprocess.run(
         [str(BIN / "scorebox"), "models", "push", served],
@@ -177,66 +142,39 @@ def _dashboard_pages(
             {"t": served},
         )
 
-    async def read_only() -> None:
-        conn = await asyncpg.connect(**connect_arguments(scoring.database_url))
-        try:
-            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
-                await conn.execute("DELETE FROM scorebox_jobs")
-        finally:
-            await conn.close()
-
-    asyncio.run(read_only())
-
-    port = free_port()
     env = env_for(scoring, SCOREBOX_API_TOKEN="dash-token")
-    log = tmp_path / "dashboard.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(BIN / "scorebox"), "dashboard", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=2)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+    with dashboard(env, tmp_path / "dashboard.log") as url:
         assert httpx.get(f"{url}/jobs").status_code == 401
         assert httpx.get(f"{url}/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
-        profile = tmp_path / "chromium"
-        models = _browser(f"{url}/?token=dash-token", profile)
+        browser = Browser(screenshots)
+        models = browser.dom(f"{url}/?token=dash-token")
         assert served in models and 'class="alias">champion<' in models
         assert "roc_auc" in models
         evaluation = httpx.get(
             f"{url}/models/{served}/evaluation.png", headers={"Authorization": "Bearer dash-token"}
         )
         assert evaluation.status_code == 200 and evaluation.content[:4] == b"\x89PNG"
-        jobs = _browser(f"{url}/jobs?token=dash-token", profile)
+        jobs = browser.dom(f"{url}/jobs?token=dash-token")
         assert f'href="/jobs/{job_id}"' in jobs and "shifted" in jobs and "succeeded" in jobs
-        shot = tmp_path / "dashboard-job.png"
-        page = _browser(f"{url}/jobs/{job_id}?token=dash-token", profile, shot)
+        # The first look at a job adds up its chunks' counts and finds the rows each feature
+        # needs; the page says so meanwhile, and comes back.
+        deadline = time.monotonic() + 60
+        page = browser.dom(f"{url}/jobs/{job_id}?token=dash-token")
+        while "Adding up the counts" in page:
+            assert time.monotonic() < deadline, page
+            time.sleep(1)
+            page = browser.dom(f"{url}/jobs/{job_id}?token=dash-token")
+        shot = browser.screenshot(f"{url}/jobs/{job_id}?token=dash-token", "dashboard")
         print(f"\ndashboard screenshot: {shot}")
-        rows = re.findall(
-            r'<tr class="drifted">\s*<td>([^<]+)</td><td>[a-z]+</td>\s*<td class="num">([0-9.]+)<',
-            page,
-        )
-        flagged = {name: float(value) for name, value in rows if name != "(model score)"}
-        assert list(flagged) == [SHIFTED] and abs(flagged[SHIFTED] - psi) < 5e-4, rows
+        flagged = {
+            cells[0]: float(cells[2])
+            for kind, cells in table_rows(page)
+            if kind == "drifted" and cells[0] != "(model score)"
+        }
+        assert list(flagged) == [SHIFTED] and abs(flagged[SHIFTED] - psi) < 5e-4, flagged
         assert "<svg" in page and "569 scored, 0 failed of 569 rows" in page
-        volume = _browser(f"{url}/log?token=dash-token", profile)
+        volume = browser.dom(f"{url}/log?token=dash-token")
         assert "40 online predictions logged in the last 24 hours" in volume and "<svg" in volume
-        if os.environ.get("SCOREBOX_SCREENSHOTS"):
-            shutil.copy(shot, Path(os.environ["SCOREBOX_SCREENSHOTS"]) / "dashboard.png")
-    finally:
-        stop(process)
 
 
 def _records(engine: Engine, features: list[str], shift: str | None = None) -> list[dict]:

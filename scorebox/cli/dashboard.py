@@ -19,10 +19,10 @@ def dashboard(
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
-    """Serve the dashboard: models and aliases with their metrics and evaluation plots, jobs
-    with live progress and failed rows, drift per feature, the prediction log's volume. It only
-    reads (SCOREBOX_DASHBOARD_DATABASE_URL may name a read-only role) and needs
-    SCOREBOX_API_TOKEN when one is set."""
+    """Serve the dashboard: models and aliases, a page per version (metrics, features,
+    evaluation plot), jobs with live progress, failed rows and drift per feature, the
+    prediction log's volume. It only reads (SCOREBOX_DASHBOARD_DATABASE_URL may name a
+    read-only role) and needs SCOREBOX_API_TOKEN when one is set."""
     import uvicorn
 
     from dashboard.app import make_app
