@@ -174,17 +174,12 @@ class Settings(BaseSettings):
         if value and len(value.split()) != 5:
             raise ValueError(f"{value!r} is not a 5-field cron expression like '*/15 * * * *'")
         if value:
-            from celery.schedules import crontab
-
             fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
             for field, part in zip(fields, value.split(), strict=True):
-                try:
-                    crontab(**{field: part})
-                except (ValueError, TypeError, IndexError) as exc:
+                problem = _cron_problem(field, part)
+                if problem:
                     what = field.replace("_", " ")
-                    raise ValueError(
-                        f"{value!r}: the {what} field {part!r} is invalid ({exc})"
-                    ) from None
+                    raise ValueError(f"{value!r}: the {what} field {part!r} is invalid ({problem})")
         return value or None
 
     def queue_for(self, model_name: str, database: str) -> str:
@@ -225,6 +220,54 @@ class Settings(BaseSettings):
         if value and not value.startswith("postgresql"):
             raise ValueError("must be a postgresql:// URL (the dashboard reads PostgreSQL)")
         return value or None
+
+
+# What each cron field may hold (Celery's crontab reads the same: numbers, *, ranges, steps,
+# lists, ranges that wrap around, and names of months and week days).
+_CRON_RANGES = {
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day_of_month": (1, 31),
+    "month_of_year": (1, 12),
+    "day_of_week": (0, 6),
+}
+_CRON_NAMES = {
+    "month_of_year": [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"
+    ],
+    "day_of_week": ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+}  # fmt: skip
+
+
+def _cron_problem(field: str, part: str) -> str | None:
+    """Why one cron field cannot be read, if it cannot."""
+    low, high = _CRON_RANGES[field]
+    names = _CRON_NAMES.get(field, [])
+
+    def number(text: str) -> int:
+        if text.lower() in names:
+            return names.index(text.lower()) + (1 if field == "month_of_year" else 0)
+        if not text.isdigit():
+            raise ValueError(f"{text!r} is not a number")
+        found = int(text)
+        if not low <= found <= high:
+            raise ValueError(f"{found} is not within {low}-{high}")
+        return found
+
+    try:
+        for item in part.split(","):
+            span, _, step = item.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                raise ValueError(f"step {step!r} is not a positive number")
+            if span == "*":
+                continue
+            first, dash, last = span.partition("-")
+            number(first)
+            if dash:
+                number(last)  # a range may wrap around, as Celery reads it: 22-2 is 22, 23, 0-2
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _config_home() -> Path:

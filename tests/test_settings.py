@@ -67,6 +67,34 @@ def test_invalid_setting_names_its_variable(field: str, value: str, variable: st
         load_settings(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "*/15 * * * *", "0 3 * * *", "0 0 1 * *", "30 2 * * mon-fri", "0 9 * jan,jul sun",
+        "5,35 */2 1-15/3 * 0", "0 22-2 * * sat-mon", "5-1 * * * *", "0 0 * * 7", "0-59/20 0-23 1-31 1-12 0-6",
+        "60 * * * *", "* 24 * * *", "* * 0 * *", "* * * 0 *", "* * * * 8", "*/0 * * * *",
+        "a * * * *", "* * * * funday", "1,,2 * * * *",
+    ],
+)  # fmt: skip
+def test_the_cron_check_agrees_with_celerys_crontab(cron: str) -> None:
+    """The settings read a schedule without importing Celery; beat must accept what they accept."""
+    from celery.schedules import crontab
+
+    fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+    try:
+        for field, part in zip(fields, cron.split(), strict=True):
+            crontab(**{field: part})
+        celery_accepts = True
+    except Exception:  # ValueError and Celery's own ParseException
+        celery_accepts = False
+    try:
+        load_settings(schedule_cron=cron)
+        settings_accept = True
+    except ConfigError:
+        settings_accept = False
+    assert settings_accept == celery_accepts, cron
+
+
 def test_any_name_the_database_could_hold_is_accepted_as_written() -> None:
     settings = load_settings(
         feature_table='ml."Clinic Visits"',
