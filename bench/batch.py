@@ -35,9 +35,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from scorebox.db import make_engine
-from scorebox.processes import serving, working
 from scorebox.seed import example_frame, seed
 from scorebox.settings import Settings
+from scorebox_cli.processes import serving, working
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job

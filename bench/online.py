@@ -32,8 +32,8 @@ from _common import ROOT, Wrk, median_ms, prepare, wrk
 from threadpoolctl import threadpool_limits
 
 from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
-from scorebox.processes import free_port, serving, stop
 from scorebox.seed import example_frame
+from scorebox_cli.processes import free_port, serving, stop
 
 
 @contextmanager

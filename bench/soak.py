@@ -22,8 +22,8 @@ import matplotlib
 import psutil
 from _common import ROOT, load, prepare
 
-from scorebox.processes import serving
 from scorebox.seed import example_frame
+from scorebox_cli.processes import serving
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -1,5 +1,10 @@
-"""`python -m scorebox`: the scorebox CLI."""
+"""`python -m scorebox`: the scorebox CLI, which lives a floor above the core (scorebox_cli).
 
-from scorebox.cli import app
+The core imports nothing above it, so this hands the arguments over to `python -m scorebox_cli`
+in the same process slot (exec), as the `scorebox` console script does.
+"""
 
-app(prog_name="scorebox")
+import os
+import sys
+
+os.execv(sys.executable, [sys.executable, "-m", "scorebox_cli", *sys.argv[1:]])

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from scorebox.errors import one_line
+from scorebox.errors import FeatureValueError, InvalidRecordsError, one_line
 from scorebox.features import Feature
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -38,10 +38,6 @@ _US_PER_DAY = 86_400_000_000
 _ONE_US = timedelta(microseconds=1)
 _TRUE = frozenset({"t", "true", "y", "yes", "1", "on"})
 _FALSE = frozenset({"f", "false", "n", "no", "0", "off"})
-
-
-class ValueProblem(ValueError):
-    """One value that cannot be used for its feature; the message names what is wrong."""
 
 
 def label_text(value: Any) -> str:
@@ -75,13 +71,13 @@ def number_value(value: Any) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueProblem(f"expected a number, got {_kind_of(value)}")
+        raise FeatureValueError(f"expected a number, got {_kind_of(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer past the largest double
         number = math.inf
     if not math.isfinite(number):
-        raise ValueProblem("Input should be a finite number")
+        raise FeatureValueError("Input should be a finite number")
     return number
 
 
@@ -91,7 +87,7 @@ def bool_value(value: Any) -> float:
         return math.nan
     if value is True or value is False or (isinstance(value, int) and value in (0, 1)):
         return float(value)
-    raise ValueProblem(f"expected true or false, got {_kind_of(value)}")
+    raise FeatureValueError(f"expected true or false, got {_kind_of(value)}")
 
 
 def days_value(value: Any) -> float:
@@ -105,13 +101,15 @@ def days_value(value: Any) -> float:
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueProblem(f"expected an ISO 8601 date or timestamp, got {value!r}") from None
+            raise FeatureValueError(
+                f"expected an ISO 8601 date or timestamp, got {value!r}"
+            ) from None
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         return ((moment - _EPOCH) // _ONE_US) / _US_PER_DAY
     if isinstance(value, date):
         return float((value - _EPOCH.date()).days)
-    raise ValueProblem(f"expected an ISO 8601 date or timestamp, got {_kind_of(value)}")
+    raise FeatureValueError(f"expected an ISO 8601 date or timestamp, got {_kind_of(value)}")
 
 
 def _kind_of(value: Any) -> str:
@@ -180,7 +178,7 @@ class _RecordCodec:
             if value is None:
                 return math.nan
             if not isinstance(value, str):
-                raise ValueProblem(f"expected text, got {_kind_of(value)}")
+                raise FeatureValueError(f"expected text, got {_kind_of(value)}")
             code = codes.get(value)
             if code is None:
                 self.unseen[name] += 1
@@ -190,15 +188,6 @@ class _RecordCodec:
         return convert
 
 
-class InvalidRecords(ValueError):
-    """Records that break the schema: the first problems (record index and field) and how many
-    there were in all."""
-
-    def __init__(self, shown: list[str], total: int) -> None:
-        more = f" (and {total - len(shown)} more)" if total > len(shown) else ""
-        super().__init__(f"{total} invalid field(s): {'; '.join(shown)}{more}")
-
-
 _MISSING = object()
 
 
@@ -206,7 +195,7 @@ def encode_records(
     features: Sequence[Feature], records: Sequence[Any], shown: int = 20
 ) -> tuple[np.ndarray, Counter[str]]:
     """JSON records as a matrix and the count of unseen categories per feature, checking each
-    value against its feature's kind on the way (one pass). Problems raise InvalidRecords with
+    value against its feature's kind on the way (one pass). Problems raise InvalidRecordsError with
     the first ``shown`` of them; the rest are only counted."""
     codec = _RecordCodec(features)
     names = [f.name for f in features]
@@ -231,7 +220,7 @@ def encode_records(
             present += 1
             try:
                 matrix[i, j] = convert(value)
-            except ValueProblem as exc:
+            except FeatureValueError as exc:
                 total += 1
                 if len(problems) < shown:
                     problems.append(f"records[{i}].{name}: {exc}")
@@ -242,7 +231,7 @@ def encode_records(
                     if len(problems) < shown:
                         problems.append(f"records[{i}].{key}: not a feature of this model")
     if total:
-        raise InvalidRecords(problems, total)
+        raise InvalidRecordsError(problems, total)
     return matrix, codec.unseen
 
 
@@ -274,7 +263,7 @@ def _each(array: pa.Array, convert: Callable[[Any], float]) -> tuple[np.ndarray,
     for i, value in enumerate(array.to_pylist()):
         try:
             values[i] = convert(value)
-        except ValueProblem as exc:
+        except FeatureValueError as exc:
             problems[i] = str(exc)
     return values, problems
 
@@ -285,9 +274,9 @@ def _text_number(value: Any) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ValueProblem(f"non-numeric value {value!r}") from None
+        raise FeatureValueError(f"non-numeric value {value!r}") from None
     if math.isinf(number):
-        raise ValueProblem("infinite value")
+        raise FeatureValueError("infinite value")
     return number
 
 
@@ -299,7 +288,7 @@ def _text_bool(value: Any) -> float:
         return 1.0
     if folded in _FALSE:
         return 0.0
-    raise ValueProblem(f"expected true or false, got {value!r}")
+    raise FeatureValueError(f"expected true or false, got {value!r}")
 
 
 def _column(
@@ -318,7 +307,7 @@ def _column(
             or pa.types.is_decimal(kind_type)
             or pa.types.is_boolean(kind_type)
         ):
-            raise ValueProblem(f"column {feature.name!r} has type {kind_type}, not a number")
+            raise FeatureValueError(f"column {feature.name!r} has type {kind_type}, not a number")
         values = _floats(array)
         infinite = np.isinf(values)
         if infinite.any():
@@ -339,7 +328,7 @@ def _column(
             return values, None
         if pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type):
             return _each(array, _text_bool)
-        raise ValueProblem(f"column {feature.name!r} has type {kind_type}, not a boolean")
+        raise FeatureValueError(f"column {feature.name!r} has type {kind_type}, not a boolean")
     if kind == "category":
         if pa.types.is_boolean(kind_type):
             array = pc.if_else(array, "true", "false")
@@ -347,7 +336,7 @@ def _column(
             try:
                 array = pc.cast(array, pa.string())
             except pa.ArrowNotImplementedError:
-                raise ValueProblem(
+                raise FeatureValueError(
                     f"column {feature.name!r} has type {kind_type}, not text"
                 ) from None
         codes = pc.index_in(array, value_set=pa.array(feature.categories, pa.string()))
@@ -366,12 +355,14 @@ def _column(
         return _floats(micros) / _US_PER_DAY, None
     if pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type):
         return _each(array, days_value)
-    raise ValueProblem(f"column {feature.name!r} has type {kind_type}, not a date or timestamp")
+    raise FeatureValueError(
+        f"column {feature.name!r} has type {kind_type}, not a date or timestamp"
+    )
 
 
 def encode_columns(features: Sequence[Feature], columns: Mapping[str, Any]) -> Encoded:
     """Arrow columns (by feature name) as a matrix; rows with an unusable value are marked with
-    the reason and left as NaN. A column of a type no kind accepts raises ValueProblem."""
+    the reason and left as NaN. A column of a type no kind accepts raises FeatureValueError."""
     arrays = [_plain(columns[f.name]) for f in features]
     rows = len(arrays[0]) if arrays else 0
     matrix = np.empty((rows, len(features)), dtype=np.float64)
@@ -379,12 +370,14 @@ def encode_columns(features: Sequence[Feature], columns: Mapping[str, Any]) -> E
     unseen: Counter[str] = Counter()
     for j, (feature, array) in enumerate(zip(features, arrays, strict=True)):
         if len(array) != rows:
-            raise ValueProblem(f"column {feature.name!r} has {len(array)} rows, expected {rows}")
+            raise FeatureValueError(
+                f"column {feature.name!r} has {len(array)} rows, expected {rows}"
+            )
         try:
             values, problems = _column(feature, array, unseen)
         except pa.ArrowException as exc:  # a value Arrow cannot convert (bad UTF-8, a date far out)
             reason = one_line(exc, 200)
-            raise ValueProblem(f"column {feature.name!r} ({array.type}): {reason}") from None
+            raise FeatureValueError(f"column {feature.name!r} ({array.type}): {reason}") from None
         matrix[:, j] = values
         if problems is not None:
             for i, problem in enumerate(problems):
@@ -430,7 +423,7 @@ class FrameEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         encoded = encode_columns(self.features_, columns)
         bad = next((e for e in encoded.errors if e is not None), None)
         if bad is not None:
-            raise ValueProblem(bad)
+            raise FeatureValueError(bad)
         return encoded.matrix
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

@@ -3,7 +3,7 @@
 Before anything is decoded, each message's metadata (a small flatbuffer) is read for its row
 count and compression: compressed bodies are refused (a few MB of zstd can stand for GBs of
 columns) and the rows are capped, so decoding costs about the body's size. Every malformed
-stream is an :class:`ArrowProblem` naming what is wrong, never a 5xx.
+stream is an :class:`ArrowStreamError` naming what is wrong, never a 5xx.
 """
 
 from __future__ import annotations
@@ -13,18 +13,12 @@ from collections import Counter
 
 import pyarrow as pa
 
+from scorebox.errors import ArrowStreamError
+
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
 
 # MessageHeader union values (Arrow's Message.fbs).
 _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
-
-
-class ArrowProblem(ValueError):
-    """The stream cannot be scored; ``status`` is the HTTP answer it deserves."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Table:
@@ -72,7 +66,7 @@ def _batch_facts(metadata: bytes) -> tuple[int, int, bool]:
             return header_type, 0, False
         return header_type, header.scalar(0, "<q"), header.has(3)
     except struct.error:
-        raise ArrowProblem(
+        raise ArrowStreamError(
             "body is not an Arrow IPC stream: its message metadata is cut short"
         ) from None
 
@@ -92,33 +86,33 @@ def read_table(body: bytes, max_rows: int) -> pa.Table:
                 break
             kind, count, compressed = _batch_facts(message.metadata.to_pybytes())
             if compressed:
-                raise ArrowProblem(
+                raise ArrowStreamError(
                     "compressed Arrow IPC is not accepted; send the stream uncompressed"
                 )
             if count < 0:
-                raise ArrowProblem("body is not an Arrow IPC stream: a batch has negative rows")
+                raise ArrowStreamError("body is not an Arrow IPC stream: a batch has negative rows")
             if kind == _RECORD_BATCH:
                 rows += count
                 if rows > max_rows:
-                    raise ArrowProblem(
+                    raise ArrowStreamError(
                         f"more than {max_rows} rows in one batch (SCOREBOX_SERVICE_MAX_ROWS): "
                         "send smaller batches",
                         413,
                     )
         table = pa.ipc.open_stream(buffer).read_all()
         table.validate(full=True)
-    except ArrowProblem:
+    except ArrowStreamError:
         raise
     except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
         reason = " ".join(str(exc).split())[:300]
-        raise ArrowProblem(f"body is not a valid Arrow IPC stream: {reason}") from None
+        raise ArrowStreamError(f"body is not a valid Arrow IPC stream: {reason}") from None
     duplicated = [name for name, n in Counter(table.column_names).items() if n > 1]
     if duplicated:
-        raise ArrowProblem(
+        raise ArrowStreamError(
             f"column {duplicated[0]!r} appears {table.column_names.count(duplicated[0])} times"
         )
     if table.num_rows == 0:
-        raise ArrowProblem("batch has no rows")
+        raise ArrowStreamError("batch has no rows")
     return table
 
 

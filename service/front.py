@@ -26,6 +26,8 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Histogram
 
+from scorebox.errors import RequestRefusedError
+
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 
 requests_total = Counter(
@@ -63,14 +65,6 @@ class Request:
 
 
 Route = Callable[[Request], Awaitable[Answer]]
-
-
-class Refused(Exception):
-    """A request refused before its route runs."""
-
-    def __init__(self, status: int, error: str) -> None:
-        self.status = status
-        self.error = error
 
 
 def _json(payload: Any) -> bytes:
@@ -124,27 +118,29 @@ class Front:
     def _check(self, scope: dict[str, Any]) -> dict[bytes, bytes]:
         names = [name for name, _ in scope["headers"]]
         if b"transfer-encoding" in names and b"content-length" in names:
-            raise Refused(400, "a request may not carry both Content-Length and Transfer-Encoding")
+            raise RequestRefusedError(
+                400, "a request may not carry both Content-Length and Transfer-Encoding"
+            )
         if names.count(b"content-length") > 1:
-            raise Refused(400, "more than one Content-Length header")
+            raise RequestRefusedError(400, "more than one Content-Length header")
         headers = dict(scope["headers"])
         if not headers.get(b"content-type", b"").isascii():
-            raise Refused(400, "the Content-Type header is not ASCII")
+            raise RequestRefusedError(400, "the Content-Type header is not ASCII")
         if self.token is not None and scope["path"] not in HEALTH_PATHS:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
             if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.token):
-                raise Refused(401, "missing or wrong bearer token")
+                raise RequestRefusedError(401, "missing or wrong bearer token")
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                raise Refused(400, "bad Content-Length")
+                raise RequestRefusedError(400, "bad Content-Length")
             if int(length) > self.max_body_bytes:
                 raise self._too_large()
         return headers
 
-    def _too_large(self) -> Refused:
-        return Refused(
+    def _too_large(self) -> RequestRefusedError:
+        return RequestRefusedError(
             413, f"request body over {self.max_body_bytes} bytes (SCOREBOX_SERVICE_MAX_BODY_BYTES)"
         )
 
@@ -153,7 +149,7 @@ class Front:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                raise Refused(400, "the client went away before sending its body")
+                raise RequestRefusedError(400, "the client went away before sending its body")
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_body_bytes:
@@ -166,7 +162,7 @@ class Front:
         try:
             return await asyncio.wait_for(self._read(receive), self.body_deadline)
         except TimeoutError:
-            raise Refused(
+            raise RequestRefusedError(
                 408, f"request body not received within {self.body_deadline:.0f} s"
             ) from None
 
@@ -188,7 +184,7 @@ class Front:
                 await self.app(scope, receive, send)
                 return
             body = await self._body(receive) if scope["method"] == "POST" else b""
-        except Refused as refused:
+        except RequestRefusedError as refused:
             if refused.status == 401:
                 await send_answer(
                     send,

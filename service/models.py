@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from scorebox.aliases import incompatibility
 from scorebox.catalog import LATEST, VERSION, Catalog, Resolved
 from scorebox.db import Tables, make_engine
-from scorebox.errors import ModelError, ScoreboxError, TrustError
+from scorebox.errors import ModelError, RegistryUnavailableError, TrustError
 from service.batching import Coalescer
 from service.drift import OnlineDrift
 from service.predict import Predictor
@@ -236,10 +236,6 @@ class Following:
         self.switches += 1
 
 
-class RegistryAway(ScoreboxError):
-    """The registry could not be read: worth trying again (a 503)."""
-
-
 class Pinned:
     """Exact versions asked for by batch requests, loaded on demand; the few most recent are
     kept (each is a whole model in memory). Only versions that a queued or running job pinned,
@@ -297,7 +293,7 @@ class Pinned:
 
     def get(self, tag: str) -> Predictor:
         """Version ``tag``, loading it if needed; a ModelError says why it cannot be, a
-        RegistryAway that the registry did not answer."""
+        RegistryUnavailableError that the registry did not answer."""
         name, _, version = tag.partition(":")
         if name != self.name or not VERSION.match(version):
             raise ModelError(f"{tag[:200]!r} is not a version of {self.name} (name:version)")
@@ -320,7 +316,9 @@ class Pinned:
                     "not name it"
                 )
         except DBAPIError as exc:
-            raise RegistryAway(f"the model registry did not answer: {_reason(exc)}") from None
+            raise RegistryUnavailableError(
+                f"the model registry did not answer: {_reason(exc)}"
+            ) from None
         with self._loading:
             with self._lock:
                 if tag in self._loaded:  # loaded while this request waited
@@ -328,7 +326,9 @@ class Pinned:
             try:
                 predictor = load_predictor(self.catalog, tag, self.name)
             except DBAPIError as exc:
-                raise RegistryAway(f"the model registry did not answer: {_reason(exc)}") from None
+                raise RegistryUnavailableError(
+                    f"the model registry did not answer: {_reason(exc)}"
+                ) from None
             except Exception as exc:
                 count_refusal(exc)
                 reason = _reason(exc)

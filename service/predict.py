@@ -18,18 +18,15 @@ import sklearn
 
 from scorebox.catalog import Version
 from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
-from scorebox.encoding import (
-    Encoded,
-    InvalidRecords,
-    ValueProblem,
-    encode_columns,
-    encode_records,
-    label_text,
+from scorebox.encoding import Encoded, encode_columns, encode_records, label_text
+from scorebox.errors import (
+    ArrowStreamError,
+    FeatureValueError,
+    InvalidRecordsError,
+    ModelError,
+    RequestBodyError,
 )
-from scorebox.errors import ModelError
 from scorebox.modelinfo import ARTIFACT, ModelInfo, load_pipeline
-from service.arrow import ArrowProblem
-from service.records import BodyProblem
 
 
 class Predictor:
@@ -87,8 +84,8 @@ class Predictor:
         the wrong kind is a 422 naming the record and field."""
         try:
             return encode_records(self.features, records)
-        except InvalidRecords as exc:
-            raise BodyProblem(str(exc), 422) from None
+        except InvalidRecordsError as exc:
+            raise RequestBodyError(str(exc), 422) from None
 
     def answers(self, matrix: np.ndarray) -> list[dict[str, Any]]:
         """One JSON prediction a row of ``matrix``."""
@@ -106,14 +103,14 @@ class Predictor:
         names = [f.name for f in self.features]
         missing = [n for n in names if n not in table.column_names]
         if missing:
-            raise ArrowProblem(f"batch lacks column(s): {', '.join(missing)}")
+            raise ArrowStreamError(f"batch lacks column(s): {', '.join(missing)}")
         extra = [n for n in table.column_names if n not in set(names)]
         if extra:
-            raise ArrowProblem(f"batch has column(s) that are not features: {', '.join(extra)}")
+            raise ArrowStreamError(f"batch has column(s) that are not features: {', '.join(extra)}")
         try:
             return encode_columns(self.features, {n: table.column(n) for n in names})
-        except ValueProblem as exc:
-            raise ArrowProblem(str(exc)) from None
+        except FeatureValueError as exc:
+            raise ArrowStreamError(str(exc)) from None
 
     def score_table(self, encoded: Encoded) -> pa.Table:
         """The answer to a batch: ``error`` (null when scored), then ``predicted_value``, or

@@ -17,19 +17,12 @@ from typing import Any
 
 import msgspec
 
+from scorebox.errors import RequestBodyError
 from scorebox.features import Feature
 
 _decode = msgspec.json.Decoder().decode
 # A JSON string, or a character that opens an object or separates values.
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[{,]', re.DOTALL)
-
-
-class BodyProblem(ValueError):
-    """The body cannot be read as JSON records; ``status`` is the HTTP answer it deserves."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _too_big(body: bytes, max_objects: int, max_commas: int) -> str | None:
@@ -54,14 +47,14 @@ def _too_big(body: bytes, max_objects: int, max_commas: int) -> str | None:
 def parse_records(body: bytes, features: Sequence[Feature], max_records: int) -> list[Any]:
     """The records of a ``/predict`` body (their values are checked as they are encoded).
 
-    Raises BodyProblem: 400 for a body that is not JSON, 413 for more records (or values) than
+    Raises RequestBodyError: 400 for a body that is not JSON, 413 for more records (or values) than
     the limit allows, 422 for a body that is not ``{"records": [...]}``.
     """
     passed = _too_big(body, max_records + 1, max_records * (len(features) + 1))
     if passed == "records":
-        raise BodyProblem(_limit_message(max_records, f"more than {max_records}"), 413)
+        raise RequestBodyError(_limit_message(max_records, f"more than {max_records}"), 413)
     if passed == "values":
-        raise BodyProblem(
+        raise RequestBodyError(
             f"more values than {max_records} records of {len(features)} features hold; the "
             f"limit is {max_records} records (SCOREBOX_SERVICE_MAX_RECORDS): {_SPLIT}",
             413,
@@ -69,19 +62,19 @@ def parse_records(body: bytes, features: Sequence[Feature], max_records: int) ->
     try:
         decoded = _decode(body)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise BodyProblem(f"malformed JSON body: {exc}", 400) from None
+        raise RequestBodyError(f"malformed JSON body: {exc}", 400) from None
     if not isinstance(decoded, dict) or "records" not in decoded:
-        raise BodyProblem('body: expected {"records": [...]}; records: Field required', 422)
+        raise RequestBodyError('body: expected {"records": [...]}; records: Field required', 422)
     extra = [key for key in decoded if key != "records"]
     if extra:
-        raise BodyProblem(f"body.{extra[0]}: unknown field (send only records)", 422)
+        raise RequestBodyError(f"body.{extra[0]}: unknown field (send only records)", 422)
     records = decoded["records"]
     if isinstance(records, dict):
         records = [records]
     if not isinstance(records, list) or not records:
-        raise BodyProblem("records: expected a non-empty list of objects (or one object)", 422)
+        raise RequestBodyError("records: expected a non-empty list of objects (or one object)", 422)
     if len(records) > max_records:
-        raise BodyProblem(_limit_message(max_records, str(len(records))), 413)
+        raise RequestBodyError(_limit_message(max_records, str(len(records))), 413)
     return records
 
 

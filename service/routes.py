@@ -7,22 +7,44 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from concurrent.futures import Executor
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter
 
-from scorebox.errors import ModelError
+from scorebox.errors import ArrowStreamError, ModelError, RegistryUnavailableError, RequestBodyError
 from service import bentoschema, openapi, page
-from service.arrow import ARROW_MEDIA_TYPE, ArrowProblem, read_table, write_table
+from service.arrow import ARROW_MEDIA_TYPE, read_table, write_table
 from service.front import Answer, Request, Route
-from service.models import RegistryAway, public
+from service.models import public
 from service.predlog import request_id
-from service.records import BodyProblem, parse_records
+from service.records import parse_records
 
 if TYPE_CHECKING:
+    from service.models import Pinned, Serving
     from service.predict import Predictor
-    from service.service import Scorebox
+    from service.predlog import PredictionLog
+
+
+class ServingState(Protocol):
+    """What the routes read of the service (service/service.py's Scorebox is one): the routes
+    depend on this narrow state, not on the service class that installs them."""
+
+    current: Serving
+    pinned: Pinned
+    scoring: Executor
+    prediction_log: PredictionLog | None
+    max_records: int
+    auth: bool
+
+    @property
+    def predictor(self) -> Predictor: ...
+
+    def max_rows_for(self, predictor: Predictor) -> int: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
 
 rows_predicted = Counter(
     "scorebox_rows_predicted", "Rows scored by the model, by endpoint", ["endpoint"]
@@ -55,7 +77,9 @@ def _pinned_tag(request: Request) -> str | None:
     return given.decode("latin-1").strip() if given else None
 
 
-async def _predictor(service: Scorebox, request: Request, current: Predictor) -> Predictor | Answer:
+async def _predictor(
+    service: ServingState, request: Request, current: Predictor
+) -> Predictor | Answer:
     """The version a request pins (``x-scorebox-model``), loaded off the event loop, or
     ``current``; a 409 (or a 503 while the registry is away) naming why not."""
     tag = _pinned_tag(request)
@@ -63,14 +87,14 @@ async def _predictor(service: Scorebox, request: Request, current: Predictor) ->
         return current
     try:
         return await asyncio.get_running_loop().run_in_executor(None, service.pinned.get, tag)
-    except RegistryAway as exc:
+    except RegistryUnavailableError as exc:
         return Answer(503, {"error": public(f"cannot load {tag[:200]} now: {exc}")})
     except ModelError as exc:
         return Answer(409, {"error": public(f"cannot serve {tag[:200]}: {exc}")})
 
 
 def routes(
-    service: Scorebox, bentoml_schema: Callable[[], dict[str, Any]]
+    service: ServingState, bentoml_schema: Callable[[], dict[str, Any]]
 ) -> dict[tuple[str, str], Route]:
     """The routes of ``service``, by (method, path); ``bentoml_schema`` gives BentoML's own
     schema of the service, to which ``/schema.json`` adds scorebox's routes."""
@@ -87,7 +111,7 @@ def routes(
         try:
             records = parse_records(request.body, predictor.features, service.max_records)
             matrix, unseen = predictor.encode_records(records)
-        except BodyProblem as problem:
+        except RequestBodyError as problem:
             return Answer(problem.status, {"error": str(problem)})
         if predictor.compiled and len(records) <= INLINE_ROWS:
             answers = predictor.answers(matrix)
@@ -133,7 +157,7 @@ def routes(
             payload, encoded = await asyncio.get_running_loop().run_in_executor(
                 service.scoring, score
             )
-        except ArrowProblem as problem:
+        except ArrowStreamError as problem:
             return Answer(problem.status, {"error": str(problem)})
         rejected = encoded.rejected
         _count_unseen(encoded.unseen)

@@ -31,9 +31,9 @@ from sqlalchemy import Engine  # noqa: E402
 from scorebox.db import make_engine  # noqa: E402
 from scorebox.migrate import upgrade  # noqa: E402
 from scorebox.modelinfo import ModelInfo  # noqa: E402
-from scorebox.processes import serving  # noqa: E402
 from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
+from scorebox_cli.processes import serving  # noqa: E402
 from worker.celery_app import chunk_sender, make_app  # noqa: E402
 from worker.client import ServiceClient  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from scorebox.processes import BIN, free_port, stop
+from scorebox_cli.processes import BIN, free_port, stop
 
 CHROMIUM = [
     "/usr/bin/chromium",

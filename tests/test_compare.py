@@ -25,8 +25,8 @@ from scorebox.db import Tables, make_engine
 from scorebox.encoding import encode_columns, label_text
 from scorebox.migrate import upgrade
 from scorebox.modelinfo import TRAINING_ROWS, training_row_ids
-from scorebox.processes import BIN
 from scorebox.settings import Settings, load_settings
+from scorebox_cli.processes import BIN
 from service.predict import Predictor
 from tests.conftest import PG_HOST, process_env
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from scorebox.processes import BIN, ROOT, free_port, serving, stop, working
+from scorebox_cli.processes import BIN, ROOT, free_port, serving, stop, working
 from tests.conftest import PG_HOST, TrainedModel, process_env
 
 

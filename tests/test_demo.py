@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scorebox.processes import BIN
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN
 from tests.conftest import process_env
 
 
@@ -105,8 +105,8 @@ def test_demo_on_postgres_and_redis(settings: Settings, redis_url: str, tmp_path
 
 @pytest.mark.parametrize("variable", ["SCOREBOX_DATABASE_URL", "SCOREBOX_REDIS_URL"])
 def test_demo_uses_only_what_is_configured(variable: str) -> None:
-    from scorebox.demo import embedded
     from scorebox.settings import load_settings
+    from scorebox_cli.demo import embedded
 
     configured = {"database_url": "postgresql://x@db/y", "redis_url": "redis://r:6379/3"}
     field = variable.removeprefix("SCOREBOX_").lower()

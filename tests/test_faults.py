@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from scorebox.processes import free_port, serving, stop, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
+from scorebox_cli.processes import free_port, serving, stop, working
 from tests.conftest import PG_HOST, TrainedModel, process_env
 from tests.scoring import assert_exactly_once, env_for, expected_from_model, predictions, wait_for
 from tests.test_service import schemathesis

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from scorebox.processes import BIN, free_port, working
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN, free_port, working
 from tests.conftest import TrainedModel, process_env
 from tests.scoring import env_for
 

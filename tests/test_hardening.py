@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from scorebox.processes import serving
+from scorebox_cli.processes import serving
 from tests.conftest import TrainedModel, process_env
 
 MiB = 2**20

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from scorebox.processes import BIN, ROOT, free_port, serving
+from scorebox_cli.processes import BIN, ROOT, free_port, serving
 from tests.conftest import PG_HOST
 from tests.docker.stack import ARTEFACTS, PROJECT, Stack, engine_env, predict, stack
 from tests.test_containers import project_packages, service_modules

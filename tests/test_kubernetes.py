@@ -24,8 +24,8 @@ import yaml
 from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, ROOT, stop
 from scorebox.settings import ENV_PREFIX, Settings, load_settings
+from scorebox_cli.processes import BIN, ROOT, stop
 from tests.conftest import PG_HOST
 from tests.kube import (
     KUBERNETES,
@@ -525,7 +525,7 @@ def test_every_command_and_probe_the_manifests_run_exists(
     from bentoml_cli.cli import cli as bentoml_cli
     from celery.bin.celery import celery
 
-    from scorebox.cli import app
+    from scorebox_cli import app
     from service.front import HEALTH_PATHS
 
     scorebox_cli = typer.main.get_command(app)

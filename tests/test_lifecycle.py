@@ -26,9 +26,9 @@ from sqlalchemy import Engine, text
 
 from scorebox.db import make_engine
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
+from scorebox_cli.processes import BIN, serving, working
 from tests.conftest import PG_HOST, process_env
 
 NAME = "lifecycle"

@@ -16,8 +16,8 @@ from scorebox.migrate import (
     upgrade,
     wait_for_database,
 )
-from scorebox.processes import BIN
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN
 from tests.conftest import PG_ADMIN
 
 
@@ -127,7 +127,7 @@ def test_db_check_waits_for_the_migration_then_passes(
     import threading
     import time
 
-    from scorebox.processes import BIN
+    from scorebox_cli.processes import BIN
 
     check = [str(BIN / "scorebox"), "db", "check"]
     done = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)

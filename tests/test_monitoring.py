@@ -15,9 +15,9 @@ import pandas as pd
 from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN, serving, working
 from tests.conftest import TrainedModel, process_env
 from tests.dashboards import Browser, dashboard, table_rows
 from tests.scoring import env_for, wait_for

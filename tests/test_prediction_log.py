@@ -27,10 +27,10 @@ from sqlalchemy import Engine, text
 from scorebox.db import asyncpg_arguments, make_engine
 from scorebox.migrate import upgrade
 from scorebox.modelinfo import ModelInfo
-from scorebox.processes import BIN, serving
 from scorebox.retention import prune
 from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
+from scorebox_cli.processes import BIN, serving
 from service.predlog import PredictionLog
 from tests.conftest import PG_HOST, process_env
 

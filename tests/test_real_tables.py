@@ -31,9 +31,9 @@ from scorebox.db import Tables, make_engine
 from scorebox.encoding import encode_columns, encode_records, json_value
 from scorebox.migrate import upgrade
 from scorebox.modelinfo import ModelInfo
-from scorebox.processes import BIN, serving, working
 from scorebox.seed import PENGUIN_COLUMNS, penguin_batches
 from scorebox.settings import Settings, load_settings
+from scorebox_cli.processes import BIN, serving, working
 from tests.conftest import PG_HOST, process_env
 from tests.scoring import env_for, wait_for
 from worker.celery_app import chunk_sender, deployment_queue, make_app

@@ -26,9 +26,9 @@ from scorebox.compiled import ONNX_ARTIFACT
 from scorebox.errors import ModelError
 from scorebox.migrate import upgrade
 from scorebox.modelinfo import ARTIFACT
-from scorebox.processes import BIN, ROOT, free_port, serving, stop
 from scorebox.seed import seed
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN, ROOT, free_port, serving, stop
 from tests.conftest import TrainedModel, process_env
 
 

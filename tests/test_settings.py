@@ -12,8 +12,8 @@ from scorebox.db import make_engine
 from scorebox.errors import ConfigError
 from scorebox.migrate import upgrade
 from scorebox.names import TableName, parse_table
-from scorebox.processes import BIN
 from scorebox.settings import Settings, load_settings
+from scorebox_cli.processes import BIN
 
 
 def test_settings_read_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:

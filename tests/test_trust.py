@@ -34,10 +34,10 @@ from sqlalchemy import Engine, text
 
 from scorebox.db import make_engine
 from scorebox.migrate import upgrade
-from scorebox.processes import BIN, free_port, serving, stop
 from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
 from scorebox.signing import create_key, public_path, sign
+from scorebox_cli.processes import BIN, free_port, serving, stop
 from tests.conftest import PG_HOST, process_env
 
 NAME = "trust"

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from scorebox.db import Tables
-from scorebox.processes import BIN, free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings
+from scorebox_cli.processes import BIN, free_port, serving, working
 from tests.conftest import TrainedModel, process_env
 from tests.scoring import (
     assert_exactly_once,

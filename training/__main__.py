@@ -1,5 +1,10 @@
-"""`python -m training`: the same as `scorebox train`."""
+"""`python -m training`: the same as `scorebox train`.
 
-from scorebox.cli import app
+The CLI lives a floor above the components (scorebox_cli), so this hands the arguments over to
+`python -m scorebox_cli train` in the same process slot (exec) instead of importing it.
+"""
 
-app(["train"], prog_name="python -m training")
+import os
+import sys
+
+os.execv(sys.executable, [sys.executable, "-m", "scorebox_cli", "train", *sys.argv[1:]])

@@ -22,23 +22,26 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from scorebox import ledger
 from scorebox.db import Tables
-from scorebox.encoding import ValueProblem, encode_columns, label_text
-from scorebox.errors import ScoreboxError, database_reason
+from scorebox.encoding import encode_columns, label_text
+from scorebox.errors import (
+    FeatureValueError,
+    PermanentError,
+    ScoreboxError,
+    ServiceRefusedError,
+    ServiceUnavailableError,
+    database_reason,
+)
 from scorebox.features import Feature
 from scorebox.ledger import Claim
 from scorebox.profile import count_chunk, score_kind
-from worker.client import ServiceClient, ServiceRefused, ServiceUnavailable
+from worker.client import ServiceClient
 from worker.store import Rows, Scored, Store, predictions_of, transient_adbc
 
 log = logging.getLogger(__name__)
 
 # Database faults worth retrying: a lost connection, a server restart, a lock or statement
 # timeout, a deadlock or serialization failure (psycopg raises OperationalError for each).
-TRANSIENT = (OperationalError, InterfaceError, ServiceUnavailable)
-
-
-class Permanent(ScoreboxError):
-    """An error retrying will not mend: the job fails with this one-line reason."""
+TRANSIENT = (OperationalError, InterfaceError, ServiceUnavailableError)
 
 
 def claim(engine: Engine, tables: Tables, job_id: int, chunk_no: int, lease: float) -> Claim | None:
@@ -120,7 +123,7 @@ def run_chunk(
         return "skipped"
     try:
         if leased.attempt > max_attempts:
-            raise Permanent(
+            raise PermanentError(
                 f"chunk {chunk_no} was started {leased.attempt - 1} times without finishing "
                 "(its worker died or stalled each time); see the worker logs"
             )
@@ -157,20 +160,20 @@ def _score(client: ServiceClient, leased: Claim, rows: Rows) -> Scored:
         return predictions_of(rows.keys, _empty_result())
     try:
         tag, result = client.score(rows.table, leased.job["model_tag"])
-    except ServiceRefused as exc:
+    except ServiceRefusedError as exc:
         if not exc.rows_at_fault:
-            raise Permanent(str(exc)) from None
+            raise PermanentError(str(exc)) from None
         empty = predictions_of(pa.array([], pa.string()), _empty_result())
         return Scored(empty.table, [(key, str(exc)) for key in rows.keys.to_pylist()])
     if tag != leased.job["model_tag"]:
-        raise Permanent(
+        raise PermanentError(
             f"the service answered with {tag}, but job {leased.job_id} scores with "
             f"{leased.job['model_tag']}; not mixing models (resubmit the job)"
         )
     try:
         scored = predictions_of(rows.keys, result)
     except ValueError as exc:
-        raise Permanent(str(exc)) from None
+        raise PermanentError(str(exc)) from None
     return replace(scored, profile=chunk_profile(leased.job.get("reference"), rows.table, result))
 
 
@@ -195,7 +198,7 @@ def chunk_profile(
     features = [Feature.from_dict(f) for f in reference["features"]]
     try:
         encoded = encode_columns(features, {f.name: table.column(f.name) for f in features})
-    except (ValueProblem, KeyError):
+    except (FeatureValueError, KeyError):
         return None
     valid = encoded.valid
     kind = score_kind(reference["task"], reference["classes"])

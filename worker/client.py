@@ -7,24 +7,10 @@ from typing import Any
 import httpx
 import pyarrow as pa
 
-from scorebox.errors import ScoreboxError, one_line
+from scorebox.errors import ServiceRefusedError, ServiceUnavailableError, one_line
 from scorebox.settings import Settings
 
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
-
-
-class ServiceUnavailable(ScoreboxError):
-    """The service did not answer, or answered 5xx: worth retrying."""
-
-
-class ServiceRefused(ScoreboxError):
-    """The service refused the request (4xx): retrying will not help. ``rows_at_fault`` when the
-    refusal is about the rows sent (400, 422), not about the set-up (token, URL, size limits)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-        self.rows_at_fault = status in (400, 422)
 
 
 class ServiceClient:
@@ -55,23 +41,23 @@ class ServiceClient:
         try:
             response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
-            raise ServiceUnavailable(
+            raise ServiceUnavailableError(
                 f"service at {self.base_url} (SCOREBOX_SERVICE_URL) unreachable: {exc}"
             ) from None
         if response.status_code >= 500:
-            raise ServiceUnavailable(
+            raise ServiceUnavailableError(
                 f"service at {self.base_url} answered {response.status_code}: {response.text[:200]}"
             )
         if response.status_code == 401:
-            raise ServiceRefused("service refused the token (SCOREBOX_API_TOKEN)", 401)
+            raise ServiceRefusedError("service refused the token (SCOREBOX_API_TOKEN)", 401)
         if response.status_code == 413:
-            raise ServiceRefused(
+            raise ServiceRefusedError(
                 f"service refused a batch as too large: {_reason(response)}; lower "
                 "SCOREBOX_CHUNK_SIZE or raise the service's limits",
                 413,
             )
         if response.status_code >= 400:
-            raise ServiceRefused(
+            raise ServiceRefusedError(
                 f"service answered {response.status_code} to {path}: {_reason(response)}",
                 response.status_code,
             )

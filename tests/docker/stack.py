@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scorebox.processes import ROOT, free_port
+from scorebox_cli.processes import ROOT, free_port
 
 HERE = Path(__file__).parent
 # Debian's client (20.10, BuildKit built in) and compose (1.29): a newer client found first on

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from scorebox.cli.app import EPILOG, app, console, friendly, ready_engine
 from scorebox.db import asyncpg_arguments
 from scorebox.errors import ConfigError
 from scorebox.retention import Pruned, prune
 from scorebox.settings import get_settings
+from scorebox_cli.app import EPILOG, app, console, friendly, ready_engine
 
 log_app = typer.Typer(
     help="The prediction log (scorebox_prediction_log).",

@@ -11,7 +11,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from sqlalchemy import Engine
 
-from scorebox.cli.app import (
+from scorebox.db import make_engine
+from scorebox.errors import ScoreboxError
+from scorebox.migrate import check_schema, create_database_if_missing, upgrade, wait_for_database
+from scorebox.settings import Settings, described, get_settings, unknown_names
+from scorebox_cli.app import (
     EPILOG,
     app,
     console,
@@ -21,10 +25,6 @@ from scorebox.cli.app import (
     metrics_line,
     ready_engine,
 )
-from scorebox.db import make_engine
-from scorebox.errors import ScoreboxError
-from scorebox.migrate import check_schema, create_database_if_missing, upgrade, wait_for_database
-from scorebox.settings import Settings, described, get_settings, unknown_names
 
 
 @db_app.command("upgrade", epilog=EPILOG)

@@ -12,7 +12,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 from sqlalchemy import Engine
 
-from scorebox.cli.app import (
+from scorebox.errors import ScoreboxError
+from scorebox.profile import SCORE
+from scorebox.settings import Settings, get_settings
+from scorebox_cli.app import (
     EPILOG,
     app,
     console,
@@ -23,9 +26,6 @@ from scorebox.cli.app import (
     ready_engine,
     service_client,
 )
-from scorebox.errors import ScoreboxError
-from scorebox.profile import SCORE
-from scorebox.settings import Settings, get_settings
 
 # `scorebox score --wait` exits with how the job ended (README, "Score whole tables").
 EXIT_CODES = {"succeeded": 0, "succeeded_with_errors": 3}

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from scorebox.cli.app import EPILOG, app, console, friendly
 from scorebox.errors import ConfigError
 from scorebox.settings import get_settings
 from scorebox.signing import TrustedKeys, add_trusted, create_key, key_id, load_key, public_path
+from scorebox_cli.app import EPILOG, app, console, friendly
 
 keys_app = typer.Typer(
     help="Signing keys: training signs every model version with its private key; services, "

@@ -21,9 +21,9 @@ from scorebox.db import Tables, make_engine, reflect
 from scorebox.encoding import json_value
 from scorebox.migrate import create_database_if_missing, upgrade, wait_for_database
 from scorebox.names import resolve_table
-from scorebox.processes import free_port, serving, working
 from scorebox.seed import seed
 from scorebox.settings import Settings, settings_env
+from scorebox_cli.processes import free_port, serving, working
 
 DEMO_DIR = Path(".scorebox-demo")
 

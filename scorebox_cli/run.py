@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from scorebox.cli.app import (
+from scorebox.settings import Settings, get_settings
+from scorebox_cli.app import (
     EPILOG,
     app,
     console,
@@ -18,8 +19,7 @@ from scorebox.cli.app import (
     metrics_line,
     service_client,
 )
-from scorebox.cli.jobs import EXIT_CODES, watch
-from scorebox.settings import Settings, get_settings
+from scorebox_cli.jobs import EXIT_CODES, watch
 
 
 @app.command(epilog=EPILOG)
@@ -35,7 +35,7 @@ def demo(
     SCOREBOX_DATABASE_URL and SCOREBOX_REDIS_URL are set. Every process it starts is stopped
     on exit or Ctrl-C.
     """
-    from scorebox import demo as flow
+    from scorebox_cli import demo as flow
     from worker.jobs import submit_job
 
     flow.DEMO_DIR.mkdir(exist_ok=True)

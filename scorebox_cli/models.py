@@ -13,10 +13,10 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from scorebox.catalog import Catalog
-from scorebox.cli.app import EPILOG, app, console, err, friendly, metrics_line, ready_engine
 from scorebox.errors import ScoreboxError
 from scorebox.modelinfo import ModelInfo
 from scorebox.settings import Settings, get_settings
+from scorebox_cli.app import EPILOG, app, console, err, friendly, metrics_line, ready_engine
 
 models_app = typer.Typer(
     help="The model registry: versions, aliases (champion, challenger, ...), comparing and "

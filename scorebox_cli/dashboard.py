@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from scorebox.cli.app import EPILOG, app, console, friendly, ready_engine
 from scorebox.errors import ConfigError
 from scorebox.settings import get_settings
+from scorebox_cli.app import EPILOG, app, console, friendly, ready_engine
 
 
 @app.command(epilog=EPILOG)
