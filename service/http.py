@@ -3,7 +3,10 @@ deadline, so idle or trickling connections (slowloris) cannot pile up; and score
 app (service/front.py) answers in front of BentoML's.
 
 BentoML builds ``uvicorn.Config`` in each worker after importing the service module and offers
-no setting for either, so :func:`install` wraps ``uvicorn.Config``.
+no setting for either, so :func:`install` wraps ``uvicorn.Config``. Its supported hook,
+``add_asgi_middleware``, would place the front inside BentoML's own middleware (metrics,
+OpenTelemetry, access log, timeout), which every request would then pass first.
+tests/test_bentoml_front.py checks each of these facts against the installed releases.
 """
 
 from __future__ import annotations
