@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from scorebox.db import (
-    ALIASES_TABLE,
-    CHUNKS_TABLE,
-    FAILED_ROWS_TABLE,
-    JOBS_TABLE,
-    MODELS_TABLE,
-    PREDICTION_LOG_TABLE,
-)
+from scorebox import ledger
+from scorebox.db import ALIASES_TABLE, MODELS_TABLE, PREDICTION_LOG_TABLE
 
 _VERSIONS = (
     "SELECT m.tag, m.name, m.created_at, m.created_by, CASE WHEN length(m.signature) <= $1 "
@@ -57,14 +51,6 @@ async def archive(conn: Any, tag: str, max_bytes: int) -> bytes | None:
     )
 
 
-_JOBS = (
-    "SELECT id, status, table_name, model_tag, model_ref, mode, rows_total, rows_scored, "
-    "rows_failed, chunks_total, error, created_at, started_at, finished_at, "
-    "extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds "
-    f"FROM {JOBS_TABLE}"
-)
-
-
 def _job(row: Any) -> dict[str, Any]:
     job = dict(row)
     seconds = float(job["seconds"] or 0)
@@ -74,55 +60,39 @@ def _job(row: Any) -> dict[str, Any]:
     return job
 
 
+# The job ledger's statements are scorebox/ledger.py's (DASHBOARD_*), its one owner.
+
+
 async def jobs(conn: Any, limit: int = 50) -> list[dict[str, Any]]:
     """Recent jobs with their progress and speed (rows a second since they started)."""
-    return [_job(r) for r in await conn.fetch(f"{_JOBS} ORDER BY id DESC LIMIT $1", limit)]
+    return [_job(r) for r in await conn.fetch(ledger.DASHBOARD_JOBS, limit)]
 
 
 async def job(conn: Any, job_id: int) -> dict[str, Any] | None:
     """One job as :func:`jobs` gives each, or None."""
-    row = await conn.fetchrow(f"{_JOBS} WHERE id = $1", job_id)
+    row = await conn.fetchrow(ledger.DASHBOARD_JOB, job_id)
     return None if row is None else _job(row)
 
 
 async def failed_rows(conn: Any, job_id: int, limit: int = 50) -> list[dict[str, Any]]:
     """The first rows of a job that could not be scored, with the reason."""
-    rows = await conn.fetch(
-        f"SELECT row_id, reason FROM {FAILED_ROWS_TABLE} WHERE job_id = $1 ORDER BY row_id "
-        "LIMIT $2",
-        job_id,
-        limit,
-    )
-    return [dict(r) for r in rows]
+    return [dict(r) for r in await conn.fetch(ledger.DASHBOARD_FAILED, job_id, limit)]
 
 
 async def job_reference(conn: Any, job_id: int) -> str | None:
     """A job's model reference: its features and training profile (JSON text)."""
-    return await conn.fetchval(f"SELECT reference::text FROM {JOBS_TABLE} WHERE id = $1", job_id)
+    return await conn.fetchval(ledger.DASHBOARD_REFERENCE, job_id)
 
 
 async def done_chunks(conn: Any, job_id: int) -> list[int]:
     """The numbers of a job's done chunks that carry counts."""
-    return await conn.fetchval(
-        f"SELECT coalesce(array_agg(chunk_no), '{{}}') FROM {CHUNKS_TABLE} "
-        "WHERE job_id = $1 AND status = 'done' AND profile IS NOT NULL",
-        job_id,
-    )
+    return await conn.fetchval(ledger.DASHBOARD_DONE_CHUNKS, job_id)
 
 
 async def chunk_counts(conn: Any, job_id: int, first: int, last: int) -> list[tuple[int, str]]:
     """(chunk number, counts as JSON text) of a job's chunks ``first`` to ``last`` that carry
     counts (done ones)."""
-    # A range of the primary key: PostgreSQL reads just those rows whatever its statistics say
-    # (with `chunk_no = ANY(...)`, or a condition on status, it was seen to read every done
-    # chunk of a 100,000-chunk job for each batch).
-    rows = await conn.fetch(
-        f"SELECT chunk_no, profile::text FROM {CHUNKS_TABLE} WHERE job_id = $1 "
-        "AND chunk_no BETWEEN $2 AND $3 AND profile IS NOT NULL",
-        job_id,
-        first,
-        last,
-    )
+    rows = await conn.fetch(ledger.DASHBOARD_CHUNK_COUNTS, job_id, first, last)
     return [(r[0], r[1]) for r in rows]
 
 

@@ -6,6 +6,10 @@ Lock order, everywhere a transaction takes more than one kind of row lock (writi
 claiming, cancelling, resuming, failing): prediction rows (in key order), then chunk rows (in
 chunk order), then the job row. Keeping to it is what makes cancel safe against live workers.
 
+The dashboard reads the ledger with asyncpg on a read-only connection; its statements
+(``DASHBOARD_*``) live here too, and tests compare what they read with :func:`get`,
+:func:`failed_rows` and :func:`done_profiles`.
+
 A chunk's write is fenced: its predictions and its completion commit only if its lease is still
 the writer's and unexpired (:func:`finish_chunk`). The worker's fast path on PostgreSQL writes
 through ADBC, not SQLAlchemy; its statements are :data:`ADBC_FINISH` here, beside the portable
@@ -36,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from scorebox.db import Tables, insert_for, utcnow
+from scorebox.db import CHUNKS_TABLE, FAILED_ROWS_TABLE, JOBS_TABLE, Tables, insert_for, utcnow
 from scorebox.errors import ScoreboxError
 
 ACTIVE = ("queued", "running")
@@ -520,3 +524,34 @@ def due_again(
             .returning(chunks.c.job_id, chunks.c.chunk_no)
         ).all()
     ]
+
+
+# --- the dashboard's reads (asyncpg, $n parameters; tables by their fixed names) -----------------
+
+# Every job column the dashboard shows, and seconds since it started (until it finished).
+_DASHBOARD_JOB = (
+    "SELECT id, status, table_name, model_tag, model_ref, mode, rows_total, rows_scored, "
+    "rows_failed, chunks_total, error, created_at, started_at, finished_at, "
+    "extract(epoch FROM coalesce(finished_at, now()) - started_at) AS seconds "
+    f"FROM {JOBS_TABLE}"
+)
+DASHBOARD_JOBS = f"{_DASHBOARD_JOB} ORDER BY id DESC LIMIT $1"  # the newest $1 jobs
+DASHBOARD_JOB = f"{_DASHBOARD_JOB} WHERE id = $1"
+# The first $2 failed rows of job $1, by key.
+DASHBOARD_FAILED = (
+    f"SELECT row_id, reason FROM {FAILED_ROWS_TABLE} WHERE job_id = $1 ORDER BY row_id LIMIT $2"
+)
+DASHBOARD_REFERENCE = f"SELECT reference::text FROM {JOBS_TABLE} WHERE id = $1"
+# The numbers of job $1's done chunks that carry drift counts.
+DASHBOARD_DONE_CHUNKS = (
+    f"SELECT coalesce(array_agg(chunk_no), '{{}}') FROM {CHUNKS_TABLE} "
+    "WHERE job_id = $1 AND status = 'done' AND profile IS NOT NULL"
+)
+# (chunk number, counts as JSON text) of job $1's chunks $2 to $3 that carry counts. A range of
+# the primary key: PostgreSQL reads just those rows whatever its statistics say (with
+# `chunk_no = ANY(...)`, or a condition on status, it was seen to read every done chunk of a
+# 100,000-chunk job for each batch).
+DASHBOARD_CHUNK_COUNTS = (
+    f"SELECT chunk_no, profile::text FROM {CHUNKS_TABLE} WHERE job_id = $1 "
+    "AND chunk_no BETWEEN $2 AND $3 AND profile IS NOT NULL"
+)

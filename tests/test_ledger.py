@@ -165,3 +165,56 @@ def test_cancel_reopen_release_and_the_sweepers_pick(settings: Settings, engine:
     assert (job["status"], job["queue"], job["error"]) == ("running", "q2", None)
     with engine.connect() as conn, pytest.raises(Exception, match="no job with id 424242"):
         ledger.get(conn, tables, 424242)
+
+
+def test_the_dashboards_reads_see_what_the_ledgers_functions_see(
+    settings: Settings, engine: Engine
+) -> None:
+    """The dashboard's asyncpg statements (ledger.DASHBOARD_*) against the portable reads."""
+    import asyncio
+
+    import asyncpg
+
+    from dashboard import queries
+    from scorebox.db import asyncpg_arguments
+
+    tables = Tables.build(settings.predictions_table)
+    upgrade(engine, settings.predictions_table)
+    first, job_id = _job(engine, tables, 2, None), _job(engine, tables, 3, None)
+    with engine.begin() as conn:
+        ledger.record_failed(conn, tables, job_id, [("b 2", "bad value"), ("a 1", "NULL")])
+        claim = ledger.claim(conn, tables, job_id, 1, 60)
+        assert claim is not None
+        assert ledger.finish_chunk(conn, tables, claim.lease, 8, 2, {"x": [8, 2]})
+    with engine.connect() as conn:
+        portable = ledger.get(conn, tables, job_id)
+        listed, _ = ledger.listing(conn, tables)
+        failed = ledger.failed_rows(conn, tables, job_id)
+        profiles = list(ledger.done_profiles(conn, tables, job_id))
+
+    async def read() -> tuple[Any, ...]:
+        conn = await asyncpg.connect(**asyncpg_arguments(settings.database_url, "test"))
+        try:
+            return (
+                await queries.job(conn, job_id),
+                await queries.jobs(conn),
+                await queries.failed_rows(conn, job_id),
+                await queries.done_chunks(conn, job_id),
+                await queries.chunk_counts(conn, job_id, 0, 2),
+                await queries.job(conn, 424242),
+            )
+        finally:
+            await conn.close()
+
+    shown, recent, shown_failed, done, counts, missing = asyncio.run(read())
+    assert {k: shown[k] for k in shown if k in portable} == {
+        k: portable[k] for k in shown if k in portable
+    }
+    assert shown["rows_scored"] == 8 and shown["progress"] == 10 / 30
+    assert [j["id"] for j in recent] == [j["id"] for j in listed] == [job_id, first]
+    assert shown_failed == failed == [
+        {"row_id": "a 1", "reason": "NULL"},
+        {"row_id": "b 2", "reason": "bad value"},
+    ]
+    assert done == [1] and [json.loads(text) for _, text in counts] == profiles == [{"x": [8, 2]}]
+    assert missing is None
