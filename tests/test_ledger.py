@@ -212,9 +212,13 @@ def test_the_dashboards_reads_see_what_the_ledgers_functions_see(
     }
     assert shown["rows_scored"] == 8 and shown["progress"] == 10 / 30
     assert [j["id"] for j in recent] == [j["id"] for j in listed] == [job_id, first]
-    assert shown_failed == failed == [
-        {"row_id": "a 1", "reason": "NULL"},
-        {"row_id": "b 2", "reason": "bad value"},
-    ]
+    assert (
+        shown_failed
+        == failed
+        == [
+            {"row_id": "a 1", "reason": "NULL"},
+            {"row_id": "b 2", "reason": "bad value"},
+        ]
+    )
     assert done == [1] and [json.loads(text) for _, text in counts] == profiles == [{"x": [8, 2]}]
     assert missing is None
