@@ -34,10 +34,11 @@ from _common import prepare
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from scorebox.db import make_engine
+from scorebox import ledger
+from scorebox.db import Tables, make_engine
 from scorebox.seed import example_frame, seed
 from scorebox.settings import Settings
-from scorebox_cli.processes import serving, working
+from scorebox_cli.processes import child_env, serving, working
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
 from worker.jobs import get_job, submit_job
@@ -286,13 +287,8 @@ def job(
         peak = rss.stop()
     assert found["status"] == "succeeded", found
     with engine.connect() as conn:
-        count, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT row_id) FROM predictions "
-                "WHERE model_tag = :t AND source_table = :s"
-            ),
-            {"t": found["model_tag"], "s": found["table_name"]},
-        ).one()
+        tables = Tables.build(settings.predictions_table)
+        count, distinct = ledger.written(conn, tables, found["table_name"], found["model_tag"])
     if mode == "all":
         assert count == distinct == found["rows_total"] == found["rows_scored"], (count, found)
     client.close()
@@ -321,7 +317,7 @@ def main() -> None:
     if args.large_rows:
         _seed(settings, "bench_large", args.large_rows)
     logs = Path(os.environ["BENTOML_HOME"])
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    base_env = child_env() | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
         "SCOREBOX_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
 from scorebox.seed import example_frame
-from scorebox_cli.processes import free_port, serving, stop
+from scorebox_cli.processes import child_env, free_port, serving, stop
 
 
 @contextmanager
@@ -142,7 +142,7 @@ def main() -> None:
     rows = frame[names].to_numpy()
     in_process = _in_process(tag, rows, names)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    env = child_env() | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
         "BENCH_MODEL_TAG": tag,

@@ -23,7 +23,7 @@ import psutil
 from _common import ROOT, load, prepare
 
 from scorebox.seed import example_frame
-from scorebox_cli.processes import serving
+from scorebox_cli.processes import child_env, serving
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -64,7 +64,7 @@ def main() -> None:
         batch if i % 20 == 0 else json.dumps({"records": [records[i % len(records)]]}).encode()
         for i in range(len(records))
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    env = child_env() | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,
     }

@@ -181,6 +181,19 @@ def done_profiles(conn: Connection, tables: Tables, job_id: int) -> Iterable[Any
     ).scalars()
 
 
+def written(conn: Connection, tables: Tables, table_name: str, model_tag: str) -> tuple[int, int]:
+    """How many predictions of ``table_name`` by ``model_tag`` there are, and for how many
+    distinct rows: the two are equal when no row was written twice (the exactly-once check of
+    the tests and benchmarks)."""
+    predictions = tables.predictions
+    count, distinct = conn.execute(
+        select(func.count(), func.count(predictions.c.row_id.distinct())).where(
+            predictions.c.source_table == table_name, predictions.c.model_tag == model_tag
+        )
+    ).one()
+    return int(count), int(distinct)
+
+
 # --- a chunk's life ----------------------------------------------------------------------
 
 

@@ -46,10 +46,16 @@ class TableName:
         return ".".join(_show(part) for part in parts)
 
 
+def quote_identifier(part: str) -> str:
+    """One name part (a schema, table or column) quoted for SQL: always quoted, inner quotes
+    doubled, so any name the database could hold reads as itself."""
+    return '"' + part.replace('"', '""') + '"'
+
+
 def _show(part: str) -> str:
     """A name part as it would be written back: quoted when it holds a dot or a quote."""
     if "." in part or '"' in part or part != part.strip():
-        return '"' + part.replace('"', '""') + '"'
+        return quote_identifier(part)
     return part
 
 

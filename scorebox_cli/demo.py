@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from scorebox.migrate import create_database_if_missing, upgrade, wait_for_datab
 from scorebox.names import resolve_table
 from scorebox.seed import seed
 from scorebox.settings import Settings, settings_env
-from scorebox_cli.processes import free_port, serving, working
+from scorebox_cli.processes import child_env, free_port, serving, working
 
 DEMO_DIR = Path(".scorebox-demo")
 
@@ -43,7 +42,7 @@ def embedded(settings: Settings, directory: Path = DEMO_DIR) -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+    env = child_env()
     return env | settings_env(settings)
 
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +19,14 @@ import httpx
 # The repository root (bentofile.yaml, the worker package) and the environment's scripts.
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def child_env(extra: Mapping[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment a scorebox child process starts with: this process's, without any
+    SCOREBOX_* setting (nor the names in ``drop``), plus ``extra``; so a child sees exactly the
+    settings it is given, never ones left over in the caller's environment."""
+    prefixes = ("SCOREBOX_", *drop)
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | dict(extra or {})
 
 
 def free_port(preferred: int = 0) -> int:

@@ -33,7 +33,7 @@ from scorebox.migrate import upgrade  # noqa: E402
 from scorebox.modelinfo import ModelInfo  # noqa: E402
 from scorebox.seed import seed  # noqa: E402
 from scorebox.settings import Settings, load_settings  # noqa: E402
-from scorebox_cli.processes import serving  # noqa: E402
+from scorebox_cli.processes import child_env, serving  # noqa: E402
 from worker.celery_app import chunk_sender, make_app  # noqa: E402
 from worker.client import ServiceClient  # noqa: E402
 
@@ -105,7 +105,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for running scorebox processes with ``settings``."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+    base = child_env()
     return base | {
         "SCOREBOX_DATABASE_URL": settings.database_url,
         "SCOREBOX_MODEL_NAME": settings.model_name,

@@ -10,6 +10,8 @@ import pandas as pd
 import psycopg
 from sqlalchemy import Engine, text
 
+from scorebox import ledger
+from scorebox.db import Tables
 from scorebox.settings import Settings
 from tests.conftest import TrainedModel, process_env
 from worker.jobs import get_job
@@ -58,12 +60,7 @@ def expected_from_model(settings: Settings, trained: TrainedModel) -> pd.DataFra
 def assert_exactly_once(engine: Engine, settings: Settings, job_id: int, rows: int) -> None:
     job = get_job(engine, settings, job_id)
     with engine.connect() as conn:
-        count, distinct = conn.execute(
-            text(
-                "SELECT count(*), count(DISTINCT row_id) FROM predictions "
-                "WHERE model_tag = :t AND source_table = :s"
-            ),
-            {"t": job["model_tag"], "s": job["table_name"]},
-        ).one()
+        tables = Tables.build(settings.predictions_table)
+        count, distinct = ledger.written(conn, tables, job["table_name"], job["model_tag"])
     assert count == distinct == rows
     assert job["rows_scored"] + job["rows_failed"] == job["rows_total"] == rows

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import yaml
 
-from scorebox_cli.processes import BIN, ROOT, free_port, serving, stop, working
+from scorebox_cli.processes import BIN, ROOT, child_env, free_port, serving, stop, working
 from tests.conftest import PG_HOST, TrainedModel, process_env
 
 
@@ -153,7 +153,7 @@ def _local(
         }.get(part, part)
         for part in command
     ]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOREBOX_", "BENTOML_HOME"))}
+    base = child_env(drop=("BENTOML_HOME",))
     return command, base | env
 
 

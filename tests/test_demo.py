@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from scorebox.settings import Settings
-from scorebox_cli.processes import BIN
+from scorebox_cli.processes import BIN, child_env
 from tests.conftest import process_env
 
 
@@ -31,7 +31,7 @@ def _leftovers(marker: str) -> list[str]:
 
 
 def _demo_env(home: Path, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+    base = child_env()
     return base | {"BENTOML_HOME": str(home), "COLUMNS": "400", **extra}
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 from scorebox.settings import Settings
 from scorebox_cli.processes import BIN, free_port, working
 from tests.conftest import TrainedModel, process_env
+from tests.dashboards import Browser
 from tests.scoring import env_for
 
 SEED = "CREATE TABLE features (id int PRIMARY KEY, x float, target int); "
@@ -339,32 +340,9 @@ def test_an_empty_table_says_there_is_nothing_to_score(
 def test_front_page_in_a_real_browser(
     service_url: str, trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    out = tmp_path_factory.mktemp("front-page")
-    shot = out / "front-page.png"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={out / 'profile'}",
-        "--window-size=1200,1800",
-    ]
-    dom = subprocess.run(
-        ["chromium", *flags, "--dump-dom", f"{service_url}/"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    subprocess.run(
-        ["chromium", *flags, f"--screenshot={shot}", f"{service_url}/"],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    assert shot.read_bytes()[:4] == b"\x89PNG"
+    browser = Browser(tmp_path_factory.mktemp("front-page"), width=1200, height=1800)
+    dom = browser.dom(f"{service_url}/")
+    shot = browser.screenshot(f"{service_url}/", "front-page")
     print(f"\nfront page screenshot: {shot}")
     assert f"scorebox · {trained.tag}" in dom
     assert "This is a Machine Learning Service created with BentoML" not in dom

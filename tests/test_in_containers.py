@@ -23,8 +23,9 @@ import httpx
 import psycopg
 import pytest
 
-from scorebox_cli.processes import BIN, ROOT, free_port, serving
+from scorebox_cli.processes import BIN, ROOT, child_env, free_port, serving
 from tests.conftest import PG_HOST
+from tests.dashboards import Browser
 from tests.docker.stack import ARTEFACTS, PROJECT, Stack, engine_env, predict, stack
 from tests.test_containers import project_packages, service_modules
 
@@ -149,7 +150,7 @@ def test_the_service_answers_as_bentoml_serve_on_this_machine(
     records = _records(up)
     in_container = predict(up.url(), records)
     assert in_container["model"] == tag and len(in_container["predictions"]) == len(records)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    env = child_env() | {
         "BENTOML_HOME": str(home),
         "SCOREBOX_MODEL_TAG": tag.split(":")[1],
         "SCOREBOX_DATABASE_URL": _registry_less_url(database),
@@ -160,37 +161,14 @@ def test_the_service_answers_as_bentoml_serve_on_this_machine(
     assert on_host == in_container
 
 
-def _screenshot(url: str, shot: Path, profile: Path) -> None:
-    subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1280,900",
-            f"--user-data-dir={profile}",
-            f"--screenshot={shot}",
-            url,
-        ],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-
-
 def test_the_dashboard_lists_the_job(up: Stack, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{up.dashboard_port}/jobs"
     page = httpx.get(url, timeout=30)
     assert page.status_code == 200
     assert 'href="/jobs/1"' in page.text and "succeeded" in page.text
-    shot = ARTEFACTS / "dashboard-jobs.png"
-    shot.unlink(missing_ok=True)
-    _screenshot(url, shot, tmp_path / "chromium")
-    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
+    (ARTEFACTS / "dashboard-jobs.png").unlink(missing_ok=True)
+    shot = Browser(ARTEFACTS, width=1280, height=900).screenshot(url, "dashboard-jobs")
+    assert shot.stat().st_size > 10_000
 
 
 def _seed_big(up: Stack) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
 from scorebox.settings import ENV_PREFIX, Settings, load_settings
-from scorebox_cli.processes import BIN, ROOT, stop
+from scorebox_cli.processes import BIN, ROOT, child_env, stop
 from tests.conftest import PG_HOST
 from tests.kube import (
     KUBERNETES,
@@ -756,7 +756,7 @@ def test_worker_probes_pass_when_healthy_and_readiness_fails_while_postgres_or_r
         }
     }
     worker = Cluster(rendered["keda"], secrets).container("Deployment/scorebox-worker", "worker")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    base = child_env()
     # The pod's /tmp emptyDir is this test's folder; the probes read TMPDIR as the worker does.
     env = base | worker.env | {"TMPDIR": str(tmp_path), "BENTOML_HOME": str(tmp_path / "bentoml")}
     program, *args = worker.argv
@@ -813,7 +813,7 @@ def test_the_schedules_command_queues_the_scheduled_run(
 
     secrets = SECRETS | {"scorebox-secrets": SECRETS["scorebox-secrets"] | {"redis-url": redis_url}}
     schedule = Cluster(rendered["keda"], secrets).container("CronJob/scorebox-schedule", "schedule")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    base = child_env()
     program, *args = schedule.argv
     client = redis.Redis.from_url(redis_url)
     queue = schedule.env["SCOREBOX_QUEUE"]

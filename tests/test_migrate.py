@@ -1,4 +1,3 @@
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from scorebox.migrate import (
     wait_for_database,
 )
 from scorebox.settings import Settings
-from scorebox_cli.processes import BIN
+from scorebox_cli.processes import BIN, child_env
 from tests.conftest import PG_ADMIN
 
 
@@ -151,7 +150,7 @@ def test_sql_ascii_database_is_one_line_naming_the_setting() -> None:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0")
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")}
+        env = child_env()
         env["SCOREBOX_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{name}"
         done = subprocess.run(
             [str(BIN / "scorebox"), "db", "upgrade"],

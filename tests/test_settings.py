@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import uuid
@@ -13,7 +12,7 @@ from scorebox.errors import ConfigError
 from scorebox.migrate import upgrade
 from scorebox.names import TableName, parse_table
 from scorebox.settings import Settings, load_settings
-from scorebox_cli.processes import BIN
+from scorebox_cli.processes import BIN, child_env
 
 
 def test_settings_read_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,7 +167,7 @@ def test_cli_reports_invalid_setting_without_traceback() -> None:
 
 def test_misspelt_names_are_warned_about_with_the_closest_setting(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("SCOREBOX_FEATURE_TABEL=customers\nSCOREBOX_WORKERS=2\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOX_")} | {
+    env = child_env() | {
         "SCOREBOX_CHUNKSIZE": "100",
         "SCOREBOX_API_TOKN": "s3cret",
     }

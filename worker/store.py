@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from scorebox import ledger
 from scorebox.db import Tables, insert_for, reflect, utcnow
 from scorebox.ledger import Lease
-from scorebox.names import TableName, parse_table
+from scorebox.names import TableName, parse_table, quote_identifier
 from worker.reading import key_value, unscored
 
 log = logging.getLogger(__name__)
@@ -140,19 +140,15 @@ def transient_adbc(exc: BaseException) -> bool:
     return state is None or state[:2] in _TRANSIENT_CLASSES or state == "55P03"
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _table(name: TableName) -> str:
-    return ".".join(_quote(p) for p in (name.schema, name.name) if p is not None)
+    return ".".join(quote_identifier(p) for p in (name.schema, name.name) if p is not None)
 
 
 def _expression(name: str, how: str) -> str:
     """How a feature column is selected: as its type when it fits the feature's kind (exact
     numerics as double precision; infinite dates as NULL, which Arrow could not hold), else as
     text."""
-    column = f"t.{_quote(name)}"
+    column = f"t.{quote_identifier(name)}"
     if how == "decimal":
         return f"CAST({column} AS double precision)"
     if how in ("number", "bool"):
@@ -216,7 +212,7 @@ class PostgresStore:
 
     def read(self, job: dict[str, Any], lo: str, hi: str) -> Rows:
         features: list[dict[str, str]] = job["features"]
-        key = f"t.{_quote(job['id_column'])}"
+        key = f"t.{quote_identifier(job['id_column'])}"
         key_type = job["key_type"]
         # Integers are made text here, in Arrow; other keys by the database (a UUID's form).
         selected_key = key if job["key_kind"] == "integer" else f"CAST({key} AS text)"
