@@ -146,6 +146,7 @@ def test_a_null_in_the_example_row_is_kept_as_null(survey: Survey) -> None:
         assert None in (example["educ"], example["occupation"])
 
 
+@pytest.mark.slow
 def test_boolean_labels_get_every_metric_on_rows_neither_version_trained_on(
     survey: Survey, tmp_path: Path
 ) -> None:
@@ -222,6 +223,7 @@ def test_boolean_labels_get_every_metric_on_rows_neither_version_trained_on(
         assert again.returncode == 1 and f"not promoted: {metric} " in again.stdout, again.stderr
 
 
+@pytest.mark.slow
 def test_compare_on_training_rows_only_when_asked_and_warns_when_nothing_else_is_left(
     survey: Survey, tmp_path: Path
 ) -> None:
@@ -277,6 +279,7 @@ def test_compare_on_training_rows_only_when_asked_and_warns_when_nothing_else_is
         assert len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_multiclass_labels_get_roc_auc_one_vs_rest_and_log_loss(
     database: str, tmp_path: Path
 ) -> None:

@@ -1,6 +1,6 @@
 """compose.yaml and the Dockerfile checked statically, the one list of the project's packages,
 and every container's command run as a local process with the environment compose gives it.
-The real images and stack run in tests/test_in_containers.py."""
+The real images and stack run in tests/stories/test_in_containers.py."""
 
 from __future__ import annotations
 
@@ -157,6 +157,7 @@ def _local(
     return command, base | env
 
 
+@pytest.mark.slow
 def test_every_container_command_runs_as_a_local_process(
     database: str, redis_url: str, tmp_path: Path
 ) -> None:

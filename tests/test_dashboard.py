@@ -218,6 +218,7 @@ def test_job_rows_that_cannot_be_read_are_said_so_not_a_500(
 # --- a big job --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_job_of_100000_chunks_is_shown_fast_and_every_other_page_meanwhile(
     migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
 ) -> None:
@@ -379,6 +380,7 @@ def test_the_token_is_compared_as_bytes_leaves_the_address_and_the_cookie_is_not
 # --- models -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_version_has_a_page_and_a_malformed_row_is_shown_refused(
     migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
 ) -> None:
@@ -453,6 +455,7 @@ def _false_alarms(shares: Sequence[float], rows: int, trials: int = 20_000) -> f
     return float(np.mean(np.sum((o - e) * np.log(o / e), axis=1) > 0.2))
 
 
+@pytest.mark.slow
 def test_job_pages_show_the_score_dates_and_too_small_samples_plainly(
     migrated: Settings, engine: Engine, tmp_path: Path, screenshots: Path
 ) -> None:

@@ -35,6 +35,7 @@ def _demo_env(home: Path, **extra: str) -> dict[str, str]:
     return base | {"BENTOML_HOME": str(home), "COLUMNS": "400", **extra}
 
 
+@pytest.mark.slow
 def test_demo_on_the_embedded_default_twice_then_keeps_serving(tmp_path: Path) -> None:
     env = _demo_env(tmp_path / "bentoml")
     for _ in range(2):
@@ -85,6 +86,7 @@ def test_demo_on_the_embedded_default_twice_then_keeps_serving(tmp_path: Path) -
     assert not _leftovers(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_demo_on_postgres_and_redis(settings: Settings, redis_url: str, tmp_path: Path) -> None:
     env = process_env(settings, SCOREBOX_REDIS_URL=redis_url, COLUMNS="400")
     env["BENTOML_HOME"] = str(tmp_path / "bentoml")

@@ -119,6 +119,7 @@ def test_unreachable_database_is_a_clear_error() -> None:
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_db_check_waits_for_the_migration_then_passes(
     settings: Settings, engine: Engine, env: dict[str, str]
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import Engine, text
 
 from scorebox.migrate import upgrade
@@ -51,6 +52,7 @@ def _drift_lines(scoring: Settings, job_id: int) -> dict[str, str]:
     return {line.split()[0]: line for line in lines}
 
 
+@pytest.mark.slow
 def test_a_shifted_feature_and_only_it_is_flagged_with_the_psi_computed_here(
     scoring: Settings,
     engine: Engine,
@@ -193,6 +195,7 @@ def _metric(url: str, name: str, feature: str | None = None) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_prediction_log_and_online_drift_gauges(
     settings: Settings, engine: Engine, trained: TrainedModel, tmp_path: Path
 ) -> None:

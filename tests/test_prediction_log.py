@@ -111,6 +111,7 @@ def _metric(url: str, name: str) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_huge_unseen_values_from_many_clients_cost_bounded_memory_and_are_logged_cut(
     logged: Logged, tmp_path: Path
 ) -> None:
@@ -285,6 +286,7 @@ def test_pruning_deletes_in_batches_while_rows_keep_coming(logged: Logged) -> No
     assert _rows(logged.engine) == 500 + written
 
 
+@pytest.mark.slow
 def test_the_service_and_the_command_delete_rows_past_the_retention(
     logged: Logged, tmp_path: Path
 ) -> None:

@@ -304,7 +304,7 @@ def schemathesis(service_url: str, examples: int, seed: int) -> None:
     done = subprocess.run(
         [
             *(str(BIN / "st"), "run", f"{service_url}/docs.json", "--checks", "not_a_server_error"),
-            # Arrow bodies are binary: tests/test_hardening.py fuzzes that endpoint itself.
+            # Arrow bodies are binary: tests/stories/test_hardening.py fuzzes that endpoint itself.
             *("--exclude-path", "/v1/predict/arrow"),
             *("--max-examples", str(examples), "--seed", str(seed)),
         ],
@@ -315,6 +315,7 @@ def schemathesis(service_url: str, examples: int, seed: int) -> None:
     assert done.returncode == 0, done.stdout[-4000:]
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(service_url: str) -> None:
     schemathesis(service_url, examples=40, seed=7)
 
@@ -430,6 +431,7 @@ def _register_trained(trained: TrainedModel, engine: Engine) -> None:
         )
 
 
+@pytest.mark.slow
 def test_service_serving_an_alias_of_another_models_version_stops_in_one_line(
     trained: TrainedModel, settings: Settings, engine: Engine
 ) -> None:
@@ -467,6 +469,7 @@ def test_service_serving_an_alias_of_another_models_version_stops_in_one_line(
     ), stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_refused_pinned_version_is_a_409_without_the_servers_paths(
     trained: TrainedModel, settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
@@ -513,6 +516,7 @@ def _one_line_at_start(log: Path, expected: str) -> None:
     assert "scorebox service: " in text and expected in text
 
 
+@pytest.mark.slow
 def test_bento_builds_with_the_model_and_a_clean_dockerfile(trained: TrainedModel) -> None:
     done = subprocess.run(
         [str(BIN / "bentoml"), "build", "-o", "tag"],

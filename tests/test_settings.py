@@ -10,7 +10,6 @@ from sqlalchemy import Engine, text
 from scorebox.db import make_engine
 from scorebox.errors import ConfigError
 from scorebox.migrate import upgrade
-from scorebox.names import TableName, parse_table
 from scorebox.settings import Settings, load_settings
 from scorebox_cli.processes import BIN, child_env
 
@@ -103,10 +102,6 @@ def test_any_name_the_database_could_hold_is_accepted_as_written() -> None:
     )
     assert settings.feature_table == 'ml."Clinic Visits"'
     assert settings.feature_columns == ["größe", "a,b", "x; DROP TABLE y"]
-    assert parse_table('ml."Clinic Visits"') == TableName("ml", "Clinic Visits")
-    assert parse_table('"my.table"') == TableName(None, "my.table")
-    assert parse_table('a."b""c"') == TableName("a", 'b"c')
-    assert str(TableName("ml", "my.table")) == 'ml."my.table"'
 
 
 def test_the_queue_is_the_databases_however_its_url_names_it(

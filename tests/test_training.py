@@ -238,6 +238,7 @@ def test_estimator_that_cannot_do_the_task_is_refused(settings: Settings, engine
         train(wrong, engine)
 
 
+@pytest.mark.slow
 def test_readme_commands_migrate_seed_train_and_list_the_model(env: dict[str, str]) -> None:
     def run(*args: str) -> str:
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)

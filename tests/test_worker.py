@@ -215,6 +215,7 @@ def test_killed_worker_loses_nothing_and_scores_each_row_once(
     assert max(attempts) <= 2 and attempts.count(2) <= 2
 
 
+@pytest.mark.slow
 def test_service_down_then_up_finishes_and_down_too_long_fails(
     scoring: Settings,
     engine: Engine,
@@ -269,6 +270,7 @@ def test_rows_the_service_refuses_are_recorded_and_the_rest_scored(
     assert 8 in predictions(engine)["row_id"].tolist()  # NULL is imputed, not a failure
 
 
+@pytest.mark.slow
 def test_job_for_a_version_the_service_cannot_load_fails_instead_of_mixing(
     scoring: Settings,
     engine: Engine,
@@ -291,6 +293,7 @@ def test_job_for_a_version_the_service_cannot_load_fails_instead_of_mixing(
     assert predictions(engine).empty
 
 
+@pytest.mark.slow
 def test_cancelled_job_writes_nothing_more_and_can_resume(
     scoring: Settings,
     engine: Engine,
@@ -311,6 +314,7 @@ def test_cancelled_job_writes_nothing_more_and_can_resume(
     assert_exactly_once(engine, scoring, job_id, 569)
 
 
+@pytest.mark.slow
 def test_jobs_cli_lists_shows_and_explains_unknown_ids(
     scoring: Settings, engine: Engine, client: ServiceClient
 ) -> None:
@@ -346,6 +350,7 @@ def test_schedule_runs_new_rows_job_on_cron(scoring: Settings) -> None:
     assert app.amqp.router.route({}, entry["task"])["queue"].name == deployment_queue(scoring)
 
 
+@pytest.mark.slow
 def test_a_job_no_worker_reads_is_said_within_seconds_and_any_url_of_the_database_works(
     scoring: Settings, engine: Engine, client: ServiceClient, tmp_path: Path
 ) -> None:

@@ -385,7 +385,7 @@ def test_front_page_in_a_real_browser(
 
 def _readme_block(heading: str) -> str:
     """The first shell block under ``heading`` in README.md."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split(f"\n{heading}\n", 1)[1]
     return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
 
@@ -396,7 +396,7 @@ def test_readme_use_your_own_table_works_as_written(
     """The README's walk-through, run by bash line by line, in a fresh folder holding only
     bentofile.yaml; only the database, Redis database and port are this test's own."""
     port = free_port()
-    shutil.copy(Path(__file__).parent.parent / "bentofile.yaml", tmp_path)
+    shutil.copy(Path(__file__).parents[2] / "bentofile.yaml", tmp_path)
     script = _readme_block("## Use your own table").replace("localhost:3000", f"localhost:{port}")
     env = process_env(settings) | {
         "PATH": f"{BIN}:{os.environ['PATH']}",
