@@ -235,10 +235,18 @@ class Drift:
     missing_then: float
     missing_now: float
     unseen_now: float  # share of rows with a category never seen in training
+    needed: int = 1  # the fewest rows from which its PSI is judged (rows_needed), when asked
+
+    def drifted(self, warn: float) -> bool:
+        """Past ``warn``, from enough rows to say so."""
+        return self.psi > warn and self.rows >= self.needed
 
 
-def drift(profile: Mapping[str, Any], merged: Mapping[str, np.ndarray]) -> list[Drift]:
-    """Every profiled feature's drift (then the score's), largest PSI first."""
+def drift(
+    profile: Mapping[str, Any], merged: Mapping[str, np.ndarray], warn: float | None = None
+) -> list[Drift]:
+    """Every profiled feature's drift (then the score's), largest PSI first; with ``warn``, each
+    says how many rows judge it at that threshold (found by simulation once per layout)."""
     found = []
     items = [*profile["features"].items(), (SCORE, profile.get("score"))]
     for name, layout in items:
@@ -255,6 +263,7 @@ def drift(profile: Mapping[str, Any], merged: Mapping[str, np.ndarray]) -> list[
                 missing_then=float(layout["shares"][0]),
                 missing_now=float(counts[0]) / rows if rows else 0.0,
                 unseen_now=float(counts[-1]) / rows if rows else 0.0,
+                needed=1 if warn is None else rows_needed(layout["shares"], warn),
             )
         )
     features = sorted((d for d in found if d.name != SCORE), key=lambda d: -d.psi)

@@ -242,8 +242,15 @@ def jobs_show(job_id: int) -> None:
     found = job_drift(engine, settings, job_id)
     if found is None:
         return
-    drifted = [d for d in found if d.psi > settings.drift_warn]
-    if not drifted:
+    warn = settings.drift_warn
+    drifted = [d for d in found if d.drifted(warn)]
+    unjudged = [d for d in found if d.psi > warn and not d.drifted(warn)]
+    if unjudged:
+        console.print(
+            f"drift: {len(unjudged)} past PSI {warn:g} from too few rows to judge yet "
+            f"(`scorebox drift {job_id}`)"
+        )
+    if not drifted and not unjudged:
         console.print(
             f"drift: no feature past PSI {settings.drift_warn:g} (`scorebox drift {job_id}`)"
         )
@@ -286,7 +293,11 @@ def drift(
         highlight=False,
     )
     for d in found:
-        flag = "  drifted" if d.psi > settings.drift_warn else ""
+        flag = ""
+        if d.drifted(settings.drift_warn):
+            flag = "  drifted"
+        elif d.psi > settings.drift_warn:
+            flag = f"  too few rows to judge (needs {d.needed:,})"
         name = "(score)" if d.name == SCORE else d.name
         missing = f"{d.missing_then:.1%}/{d.missing_now:.1%}"
         console.print(

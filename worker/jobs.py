@@ -296,7 +296,8 @@ def failed_rows(
 
 def job_drift(engine: Engine, settings: Settings, job_id: int) -> list[Drift] | None:
     """Each feature's drift (and the score's) over the rows a job scored so far, against its
-    model's training profile; None when the model has no profile."""
+    model's training profile, judged at SCOREBOX_DRIFT_WARN; None when the model has no
+    profile."""
     from scorebox.profile import drift, merge
 
     tables = Tables.build(settings.predictions_table)
@@ -306,7 +307,7 @@ def job_drift(engine: Engine, settings: Settings, job_id: int) -> list[Drift] | 
         if not reference or not reference.get("profile"):
             return None
         merged = merge(ledger.done_profiles(conn, tables, job_id))
-    return drift(reference["profile"], merged)
+    return drift(reference["profile"], merged, settings.drift_warn)
 
 
 def latest_job_id(engine: Engine, settings: Settings) -> int:
