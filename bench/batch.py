@@ -150,7 +150,7 @@ def _service_pid(url: str) -> int:
 
 class CpuMeter:
     """CPU seconds (user + system) each group of processes spent between start and stop,
-    sampled every 0.2 s (a process seen at start counts from what it had then; one that appears
+    sampled every 0.5 s (a process seen at start counts from what it had then; one that appears
     later, from zero). Groups: ``processes`` (name -> a function listing them now), PostgreSQL's
     backends connected to this database (but the benchmark's own, named ``bench-*``), its shared
     background processes (every database's), Redis, this process (submitting, polling and this
@@ -170,6 +170,7 @@ class CpuMeter:
             "bench": lambda: [psutil.Process()],
         }
         self._samples = 0
+        self._listed: dict[str, list[psutil.Process]] = {}
         self._shared: dict[str, list[psutil.Process]] = {}
         self._first: dict[tuple[int, float], float] = {}
         self._last: dict[tuple[int, float], tuple[str, float]] = {}
@@ -194,10 +195,7 @@ class CpuMeter:
         return found
 
     def _background(self) -> list[psutil.Process]:
-        # Listing every process costs a few ms: done every 2 s (autovacuum workers come and go).
-        if self._samples % 10 == 0 or "pg" not in self._shared:
-            self._shared["pg"] = _pg_background()
-        return self._shared["pg"]
+        return _pg_background()
 
     def _redis(self) -> list[psutil.Process]:
         if "redis" not in self._shared:
@@ -206,10 +204,14 @@ class CpuMeter:
             ]
         return self._shared["redis"]
 
-    def _sample(self) -> None:
+    def _sample(self, refresh: bool = False) -> None:
+        # Listing processes costs ms (psutil reads every /proc entry for a tree): the groups are
+        # listed again every 2 s and at the end; in between, only their times are read.
+        if refresh or self._samples % 4 == 0:
+            self._listed = {name: find() for name, find in self._groups.items()}
         self._samples += 1
-        for name, find in self._groups.items():
-            for process in find():
+        for name, processes in self._listed.items():
+            for process in processes:
                 try:
                     key = (process.pid, process.create_time())
                     times = process.cpu_times()
@@ -221,14 +223,14 @@ class CpuMeter:
                 self._last[key] = (name, seconds)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.5):
             self._sample()
 
     def stop(self) -> dict[str, float]:
         """CPU seconds by group, with ``machine`` (every core's busy time) and ``wall``."""
         self._stop.set()
         self._thread.join()
-        self._sample()
+        self._sample(refresh=True)
         wall = time.perf_counter() - self._began
         machine = psutil.cpu_times()
         self._conn.close()
@@ -242,15 +244,34 @@ class CpuMeter:
 # --- the baseline: the plain in-process pipeline --------------------------------------------
 
 
-def _own_cpu(cur: Any) -> tuple[float, float]:
+def _own_cpu(conn: Any) -> tuple[float, float]:
     """CPU seconds of this process and of its connection's PostgreSQL backend so far."""
-    cur.execute("SELECT pg_backend_pid()")
-    backend = psutil.Process(cur.fetchone()[0]).cpu_times()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        backend = psutil.Process(cur.fetchone()[0]).cpu_times()
+    conn.commit()
     mine = psutil.Process().cpu_times()
     return mine.user + mine.system, backend.user + backend.system
 
 
-def _baseline_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int, out: Any) -> None:
+def _ready(conn: Any, out: Any, go: Any) -> tuple[float, float]:
+    """Say this process is ready (imports done, model loaded, connected) and wait for the
+    start: a pipeline is timed from there, as a job is timed on workers and a service already
+    started. Returns the CPU spent so far (this process's, its backend's)."""
+    started = _own_cpu(conn)
+    out.put("ready")
+    go.wait()
+    return started
+
+
+def _finish(conn: Any, started: tuple[float, float], stages: dict[str, float]) -> None:
+    ended = _own_cpu(conn)
+    stages["cpu"], stages["cpu postgres"] = (b - a for a, b in zip(started, ended, strict=True))
+
+
+def _baseline_half(
+    uri: str, tag: str, table: str, lo: int, hi: int, chunk: int, out: Any, go: Any
+) -> None:
     import adbc_driver_postgresql.dbapi as adbc
     import bentoml
     from threadpoolctl import threadpool_limits
@@ -259,6 +280,7 @@ def _baseline_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int,
     names = [f.name for f in pipeline.steps[0][1].features_]
     stages = dict.fromkeys(("read", "predict", "json", "copy", "upsert"), 0.0)
     with adbc.connect(uri) as conn, threadpool_limits(1):
+        started = _ready(conn, out, go)
         for start in range(lo, hi + 1, chunk):
             began = time.perf_counter()
             with conn.cursor() as cur:
@@ -303,12 +325,13 @@ def _baseline_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int,
                 strict=True,
             ):
                 stages[stage] += seconds
-        with conn.cursor() as cur:
-            stages["cpu"], stages["cpu postgres"] = _own_cpu(cur)
+        _finish(conn, started, stages)
     out.put(stages)
 
 
-def _compiled_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int, out: Any) -> None:
+def _compiled_half(
+    uri: str, tag: str, table: str, lo: int, hi: int, chunk: int, out: Any, go: Any
+) -> None:
     """The same pipeline with the model the service serves: the version's ONNX artifact and
     scoring parameters run by scorebox.compiled.CompiledModel (one intra-op and one inter-op
     thread), the JSON text built by Arrow compute, and a plain binary COPY into the (empty)
@@ -331,6 +354,7 @@ def _compiled_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int,
     labels = pa.array(keys, pa.string())
     stages = dict.fromkeys(("read", "predict", "json", "copy"), 0.0)
     with adbc.connect(uri) as conn, threadpool_limits(1):
+        started = _ready(conn, out, go)
         for start in range(lo, hi + 1, chunk):
             began = time.perf_counter()
             with conn.cursor() as cur:
@@ -375,8 +399,7 @@ def _compiled_half(uri: str, tag: str, table: str, lo: int, hi: int, chunk: int,
                 strict=True,
             ):
                 stages[stage] += seconds
-        with conn.cursor() as cur:
-            stages["cpu"], stages["cpu postgres"] = _own_cpu(cur)
+        _finish(conn, started, stages)
     out.put(stages)
 
 
@@ -386,22 +409,27 @@ BASELINES = {"sklearn": _baseline_half, "compiled": _compiled_half}
 def baseline(
     settings: Settings, tag: str, table: str, rows: int, kind: str = "sklearn"
 ) -> tuple[float, dict[str, float]]:
-    """Rows/s of an in-process pipeline (``kind``: sklearn or compiled) in two processes, its
-    time per row by stage (µs, both processes, wall) and its CPU by group (seconds)."""
+    """Rows/s of an in-process pipeline (``kind``: sklearn or compiled) in two processes, timed
+    from when both are ready (imported, model loaded, connected), its time per row by stage
+    (µs, both processes, wall) and CPU µs a row by group."""
     _truncate(settings)
     uri = make_url(settings.database_url).set(drivername="postgresql").render_as_string(False)
     context = multiprocessing.get_context("spawn")
     queue: Any = context.Queue()
+    go = context.Event()
     half = rows // 2
     halves = [(1, half), (half + 1, rows)]
     processes = [
-        context.Process(target=BASELINES[kind], args=(uri, tag, table, lo, hi, 50_000, queue))
+        context.Process(target=BASELINES[kind], args=(uri, tag, table, lo, hi, 50_000, queue, go))
         for lo, hi in halves
     ]
-    meter = CpuMeter(settings.database_url, {})
-    began = time.perf_counter()
     for process in processes:
         process.start()
+    for _ in processes:
+        assert queue.get() == "ready"
+    meter = CpuMeter(settings.database_url, {})
+    began = time.perf_counter()
+    go.set()
     stages = [queue.get() for _ in processes]
     for process in processes:
         process.join()
