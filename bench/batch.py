@@ -44,7 +44,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 from _common import prepare
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from scorebox import ledger
@@ -54,7 +54,7 @@ from scorebox.settings import Settings
 from scorebox_cli.processes import child_env, serving, working
 from worker.celery_app import chunk_sender, make_app
 from worker.client import ServiceClient
-from worker.jobs import get_job, submit_job
+from worker.jobs import cancel_job, get_job, submit_job
 
 MiB = 2**20
 
@@ -83,7 +83,9 @@ def _truncate(settings: Settings) -> None:
 
 class PeakRss:
     """Samples the RSS of each process of a tree every 50 ms; ``peak`` is the largest any one
-    process reached (a pool's processes each hold one chunk at a time)."""
+    process reached (a pool's processes each hold one chunk at a time). The tree is listed
+    again once a second: listing it reads every process of the machine, which every 50 ms cost
+    the job a fifth of a core."""
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
@@ -93,12 +95,16 @@ class PeakRss:
         self._thread.start()
 
     def _run(self) -> None:
+        listed: list[psutil.Process] = []
+        samples = 0
         while not self._stop.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-                self.peak = max(self.peak, *(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
+            if samples % 20 == 0:
+                with contextlib.suppress(psutil.Error):
+                    listed = [self.root, *self.root.children(recursive=True)]
+            samples += 1
+            for process in listed:
+                with contextlib.suppress(psutil.Error):
+                    self.peak = max(self.peak, process.memory_info().rss)
             time.sleep(0.05)
 
     def stop(self) -> int:
@@ -533,6 +539,157 @@ def _report(title: str, rows: int, runs: dict[str, list[dict[str, Any]]]) -> Non
         )
 
 
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def stage_costs(
+    settings: Settings, base_env: dict[str, str], logs: Path, table: str, chunks: int
+) -> dict[str, dict[str, float]]:
+    """CPU µs a row of each stage of a chunk, by where it is spent (this process doing the
+    worker's work, the service's processes, this worker's PostgreSQL backend): ``chunks``
+    chunks of a job run one after another here, as a worker process runs them, against a
+    service of one worker. The hop is split into the worker's Arrow IPC encoding, the HTTP
+    exchange (the service's whole work) and the decoding of the answer."""
+    from dataclasses import replace
+
+    import bentoml
+    from threadpoolctl import threadpool_limits
+
+    from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
+    from scorebox.db import Tables
+    from service.arrow import read_table, write_table
+    from worker.chunks import chunk_profile, claim
+    from worker.client import ARROW_MEDIA_TYPE
+    from worker.store import make_store, predictions_of
+
+    _truncate(settings)
+    costs: dict[str, dict[str, float]] = {}
+
+    def add(stage: str, where: str, seconds: float) -> None:
+        costs.setdefault(stage, {}).setdefault(where, 0.0)
+        costs[stage][where] += seconds
+
+    env = base_env | {"SCOREBOX_SERVICE_WORKERS": "1"}
+    with serving(env, logs / "service-stages.log") as url, threadpool_limits(1):
+        scoring = settings.model_copy(update={"service_url": url})
+        engine = make_engine(settings.database_url, application_name="bench-stages")
+        tables = Tables.build(settings.predictions_table)
+        store = make_store(engine, tables, "bench-stages-store")
+        client = ServiceClient(url, None, 60)
+        queued: list[int] = []
+        job_id = submit_job(engine, scoring, client, lambda _, n, __: queued.append(n), table=table)
+        service = _tree(_service_pid(url))
+        connection = store._connect()  # type: ignore[attr-defined]
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = [psutil.Process(cur.fetchone()[0])]
+        connection.commit()
+        model = bentoml.models.get(client.describe()["tag"])
+        metadata = dict(model.info.metadata)
+        compiled = CompiledModel(
+            Path(model.path, ONNX_ARTIFACT).read_bytes(), Scoring.from_dict(metadata["scoring"])
+        )
+        names = [f["name"] for f in metadata["features"]]
+        rows = 0
+        for n in queued[:chunks]:
+            mine = time.process_time()
+            leased = claim(engine, tables, job_id, n, 600)
+            assert leased is not None
+            then, mine = mine, time.process_time()
+            add("claim", "worker", mine - then)
+            pg = _cpu(backend)
+            read = store.read(leased.job, leased.id_lo, leased.id_hi)
+            then, mine = mine, time.process_time()
+            then_pg, pg = pg, _cpu(backend)
+            add("read", "worker", mine - then)
+            add("read", "postgres", pg - then_pg)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, read.table.schema) as writer:
+                writer.write_table(read.table)
+            body = sink.getvalue().to_pybytes()
+            then, mine = mine, time.process_time()
+            add("hop: Arrow IPC out", "worker", mine - then)
+            served = _cpu(service)
+            response = client._request(  # the request ServiceClient.score sends
+                "POST",
+                "/v1/predict/arrow",
+                content=body,
+                headers={
+                    "content-type": ARROW_MEDIA_TYPE,
+                    "x-scorebox-model": leased.job["model_tag"],
+                },
+            )
+            then, mine = mine, time.process_time()
+            then_served, served = served, _cpu(service)
+            add("hop: HTTP, service", "worker", mine - then)
+            add("hop: HTTP, service", "service", served - then_served)
+            result = pa.ipc.open_stream(response.content).read_all()
+            then, mine = mine, time.process_time()
+            add("hop: Arrow IPC in", "worker", mine - then)
+            scored = predictions_of(read.keys, result)
+            then, mine = mine, time.process_time()
+            add("predictions (JSON text, key order)", "worker", mine - then)
+            profile = chunk_profile(leased.job.get("reference"), read.table, result)
+            then, mine = mine, time.process_time()
+            add("drift counts", "worker", mine - then)
+            pg = _cpu(backend)
+            assert store.write(leased.lease, replace(scored, profile=profile))
+            then, mine = mine, time.process_time()
+            then_pg, pg = pg, _cpu(backend)
+            add("write", "worker", mine - then)
+            add("write", "postgres", pg - then_pg)
+            rows += read.table.num_rows
+            # What the service does with the chunk, run here: of "hop: HTTP, service".
+            mine = time.process_time()
+            table = read_table(body, 10**7)
+            matrix = np.column_stack(
+                [table.column(n).to_numpy().astype(np.float64, copy=False) for n in names]
+            )
+            then, mine = mine, time.process_time()
+            add("  of which: IPC in, the matrix (here)", "", mine - then)
+            compiled.predict_proba(matrix)
+            then, mine = mine, time.process_time()
+            add("  of which: ONNX Runtime (here)", "", mine - then)
+            write_table(result)
+            then, mine = mine, time.process_time()
+            add("  of which: IPC out (here)", "", mine - then)
+        cancel_job(engine, scoring, job_id)
+        store.close()
+        client.close()
+        engine.dispose()
+    return {
+        stage: {where: 1e6 * seconds / rows for where, seconds in spent.items()}
+        for stage, spent in costs.items()
+    }
+
+
+def _report_stages(costs: dict[str, dict[str, float]], chunks: int) -> None:
+    print(f"\nCPU us a row by stage, {chunks} chunks run one after another in one process:")
+    print(f"  {'stage':<38} {'worker':>7} {'service':>8} {'postgres':>9}")
+    totals = dict.fromkeys(("worker", "service", "postgres"), 0.0)
+    for stage, spent in costs.items():
+        if "" in spent:  # measured here, part of the service's figure above
+            print(f"  {stage:<38} {'':>7} {spent['']:>8.2f}")
+            continue
+        cells = [spent.get(k) for k in totals]
+        for k, v in zip(totals, cells, strict=True):
+            totals[k] += v or 0.0
+        shown = " ".join(
+            f"{'' if v is None else f'{v:.2f}':>{w}}" for v, w in zip(cells, (7, 8, 9), strict=True)
+        )
+        print(f"  {stage:<38} {shown}")
+    print(
+        f"  {'total':<38} {totals['worker']:>7.2f} {totals['service']:>8.2f} "
+        f"{totals['postgres']:>9.2f}  = {sum(totals.values()):.2f}"
+    )
+
+
 def real_table(
     settings: Settings, base_env: dict[str, str], logs: Path, rows: int, concurrency: int
 ) -> float:
@@ -577,6 +734,20 @@ def real_table(
     return rate
 
 
+def _wait(engine: Any, settings: Settings, job_id: int) -> None:
+    """Until the job ends, asking for its status alone every 50 ms (get_job reads the whole row,
+    the training profile included, and builds the tables' metadata: a fifth of a core when
+    polled this often)."""
+    from scorebox.db import Tables
+
+    jobs = Tables.build(settings.predictions_table).jobs
+    query = select(jobs.c.status).where(jobs.c.id == job_id)
+    with engine.connect() as conn:
+        while conn.execute(query).scalar() in ("queued", "running"):
+            conn.rollback()
+            time.sleep(0.05)
+
+
 def job(
     settings: Settings,
     env: dict[str, str],
@@ -595,7 +766,11 @@ def job(
     app = make_app(settings)
     client = ServiceClient(settings.service_url, None, 60)
     service = _service_pid(settings.service_url)
-    with working(env, logs / f"worker-{table}.log", concurrency=concurrency) as process:
+    # A log of its own: `working` waits for " ready." in the log, which an earlier worker's
+    # lines in the same file would say at once (the job was timed from the worker's start).
+    log = logs / f"worker-{table}.log"
+    log.unlink(missing_ok=True)
+    with working(env, log, concurrency=concurrency) as process:
         rss = PeakRss(process.pid)
         meter = CpuMeter(
             settings.database_url,
@@ -603,11 +778,11 @@ def job(
         )
         began = time.perf_counter()
         job_id = submit_job(engine, settings, client, chunk_sender(app), table=table, mode=mode)
-        while (found := get_job(engine, settings, job_id))["status"] in ("queued", "running"):
-            time.sleep(0.05)
+        _wait(engine, settings, job_id)
         elapsed = time.perf_counter() - began
         cpu = meter.stop()
         peak = rss.stop()
+    found = get_job(engine, settings, job_id)
     assert found["status"] == "succeeded", found
     with engine.connect() as conn:
         tables = Tables.build(settings.predictions_table)
@@ -639,6 +814,9 @@ def main() -> None:
         action="store_true",
         help="only the alternating headline runs (at --rows, and at --large-rows if not 0)",
     )
+    parser.add_argument(
+        "--stages", type=int, default=0, help="chunks to cost stage by stage (0: none)"
+    )
     args = parser.parse_args()
 
     settings, tag = prepare()
@@ -654,6 +832,10 @@ def main() -> None:
         "SCOREBOX_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
         "SCOREBOX_CHUNK_SIZE": str(args.chunk_size),
     }
+    if args.stages:
+        _report_stages(stage_costs(settings, base_env, logs, "bench_big", args.stages), args.stages)
+    if args.rounds == 0:
+        return
     headline = _headline(settings, base_env, logs, "bench_big", args.rows, args.rounds)
     _report("headline", args.rows, headline)
     if args.large_rows and args.large_rounds:
