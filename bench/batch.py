@@ -562,7 +562,6 @@ def stage_costs(
     from threadpoolctl import threadpool_limits
 
     from scorebox.compiled import ONNX_ARTIFACT, CompiledModel, Scoring
-    from scorebox.db import Tables
     from service.arrow import read_table, write_table
     from worker.chunks import chunk_profile, claim
     from worker.client import ARROW_MEDIA_TYPE
@@ -738,8 +737,6 @@ def _wait(engine: Any, settings: Settings, job_id: int) -> None:
     """Until the job ends, asking for its status alone every 50 ms (get_job reads the whole row,
     the training profile included, and builds the tables' metadata: a fifth of a core when
     polled this often)."""
-    from scorebox.db import Tables
-
     jobs = Tables.build(settings.predictions_table).jobs
     query = select(jobs.c.status).where(jobs.c.id == job_id)
     with engine.connect() as conn:
