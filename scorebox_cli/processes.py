@@ -130,12 +130,14 @@ def working(
     if beat:
         command += ["--beat", "--schedule", str(log.with_suffix(".schedule"))]
     with log.open("ab") as out:
+        # Only this worker's lines say it is ready: the log may hold an earlier worker's.
+        start = out.tell()
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         deadline = time.monotonic() + timeout
-        while b" ready." not in log.read_bytes():
+        while b" ready." not in log.read_bytes()[start:]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"celery worker did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)

@@ -116,8 +116,21 @@ class Predictor:
         """The answer to a batch: ``error`` (null when scored), then ``predicted_value``, or
         ``predicted_label``, ``probability`` and one ``p:<class>`` column a class."""
         rows = len(encoded.errors)
-        good = encoded.valid
         out: dict[str, pa.Array] = {"error": encoded.error_column()}
+        if rows and not encoded.rejected:
+            # The usual batch, every row scored: the matrix and the answers as they are. (Taking
+            # the valid rows copies the whole matrix: 12 MB for 50,000 rows of 30 features, 7% of
+            # the service's CPU for a batch.)
+            predicted, proba = self.run(encoded.matrix)
+            if proba is None:
+                out["predicted_value"] = pa.array(predicted)
+                return pa.table(out)
+            out["predicted_label"] = pa.array(self.keys, pa.string()).take(pa.array(predicted))
+            out["probability"] = pa.array(proba.max(axis=1))
+            for k, key in enumerate(self.keys):
+                out[f"p:{key}"] = pa.array(proba[:, k])
+            return pa.table(out)
+        good = encoded.valid
         bad = ~good
         predicted, proba = self.run(encoded.matrix[good]) if good.any() else (np.array([]), None)
         if self.info.task == "regression":
