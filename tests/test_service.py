@@ -211,6 +211,15 @@ def test_arrow_batch_equals_the_models_own_and_flags_bad_rows(
     np.testing.assert_allclose(result.drop(index=5)[["p:0", "p:1"]].to_numpy(), proba)
     labels = np.where(proba[:, 1] > proba[:, 0], "1", "0")
     assert result.drop(index=5)["predicted_label"].tolist() == labels.tolist()
+    # A batch with no refused row is scored on its matrix as it is (no copy): the same answer,
+    # the same Arrow types, as the general path gave those rows.
+    clean = httpx.post(
+        f"{service_url}/v1/predict/arrow", content=_arrow(good.reset_index(drop=True))
+    )
+    answer = pa.ipc.open_stream(clean.content).read_all()
+    general = pa.ipc.open_stream(response.content).read_all()
+    assert answer.schema == general.schema
+    assert answer.to_pandas().equals(result.drop(index=5).reset_index(drop=True))
 
 
 def test_arrow_batch_with_wrong_layout_is_422(service_url: str, trained: TrainedModel) -> None:
