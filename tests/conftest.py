@@ -55,24 +55,6 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def docker_env() -> dict[str, str]:
-    """This machine's environment pointed at the tests' Docker engine, with the stand-in base
-    images built (tests/docker/): for the container tests."""
-    from tests.docker.stack import engine_env
-
-    return engine_env(dict(os.environ))
-
-
-@pytest.fixture(scope="session")
-def app_image(docker_env: dict[str, str]) -> str:
-    """The scorebox image (the Dockerfile's), built once a run for the container tests; its
-    layers are what `docker compose up --build` reuses."""
-    from tests.docker.stack import build_app_image
-
-    return build_app_image(docker_env)
-
-
-@pytest.fixture(scope="session")
 def bentoml_home() -> Path:
     """This run's BentoML home (model store)."""
     return _BENTO_HOME

@@ -8,8 +8,8 @@ database role and the grants README lists for it. The probes are run as the kube
 comes with the rendered grace period (`docker stop -t`). The tests share the pods and run in
 file order.
 
-`scripts/test -m containers` runs these with tests/test_in_containers.py; `-m "not slow"` skips
-them."""
+`scripts/test -m containers` runs these with tests/stories/test_in_containers.py; `-m "not slow"`
+skips them."""
 
 from __future__ import annotations
 
