@@ -3,12 +3,15 @@
 # The production serving image is the one `bentoml containerize` builds (scripts/containerize).
 FROM python:3.11-slim
 
+# ORT_DISABLE_TELEMETRY: ONNX Runtime's telemetry (on by default, Linux too) would persist a
+# device id under ~/.cache, which a read-only root file system refuses (Kubernetes' pods).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     BENTOML_HOME=/home/scorebox/bentoml \
     BENTOML_DO_NOT_TRACK=True \
+    ORT_DISABLE_TELEMETRY=1 \
     PYTHONPATH=/app
 
 # The non-root user and the folders compose mounts named volumes on (the model store, training's

@@ -300,9 +300,12 @@ class DockerRun:
             args.append("--read-only")
         if network:
             args += ["--network", network]
+        # An emptyDir is a new directory the pod's user can write. A tmpfs over a folder the
+        # image has takes that folder's mode with root as owner (Docker copies it up), so the
+        # tmpfs is made the user's.
         for path, size in sorted(c.writable.items()):
-            options = f"type=tmpfs,destination={path},tmpfs-mode=1777"
-            args += ["--mount", options + (f",tmpfs-size={size}" if size else "")]
+            options = f"rw,mode=1777,uid={uid},gid={gid}" + (f",size={size}" if size else "")
+            args += ["--tmpfs", f"{path}:{options}"]
         for path in sorted(c.files):
             source = self.files_root / path.lstrip("/")
             args += ["--mount", f"type=bind,source={source},destination={path},readonly"]

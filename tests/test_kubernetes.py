@@ -646,10 +646,7 @@ def test_the_container_description_is_what_the_kubelet_would_run(
     argv = run.argv("scorebox-service", network="scorebox")
     assert argv[:2] == ["docker", "run"] and "--read-only" in argv
     assert argv[argv.index("--user") + 1] == "10001:10001"
-    assert (
-        "type=tmpfs,destination=/home/scorebox/bentoml,tmpfs-mode=1777,tmpfs-size=1610612736"
-        in argv
-    )
+    assert "/home/scorebox/bentoml:rw,mode=1777,uid=10001,gid=10001,size=1610612736" in argv
     trusted = tmp_path / "files/etc/scorebox/trusted"
     assert f"type=bind,source={trusted},destination=/etc/scorebox/trusted,readonly" in argv
     assert argv[argv.index("--stop-timeout") + 1] == "75"

@@ -27,6 +27,8 @@ COMPOSE = "/usr/bin/docker-compose"
 # What a run leaves to look at (logs, screenshots, timings); .gitignore covers it.
 ARTEFACTS = ROOT / "artefacts" / "containers"
 PROJECT = "scoreboxci"
+# The image compose.yaml builds and runs for every scorebox container.
+APP_IMAGE = "scorebox-app:latest"
 
 
 def _script(name: str, env: dict[str, str]) -> str:
@@ -46,6 +48,21 @@ def engine_env(base: dict[str, str]) -> dict[str, str]:
     env = base | {"DOCKER_HOST": host, "PATH": f"/usr/bin:{base['PATH']}"}
     _script("standins.sh", env)
     return env
+
+
+def build_app_image(env: dict[str, str]) -> str:
+    """Build the Dockerfile's image as compose.yaml names it; its tag. `docker compose up
+    --build` builds with the same client, so it reuses these layers."""
+    done = subprocess.run(
+        [DOCKER, "build", "--quiet", "--tag", APP_IMAGE, str(ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"docker build failed:\n{done.stderr[-4000:]}")
+    return APP_IMAGE
 
 
 @dataclass

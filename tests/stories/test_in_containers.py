@@ -9,7 +9,6 @@ container's edge. The tests share one stack and run in file order.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -26,7 +25,7 @@ import pytest
 from scorebox_cli.processes import BIN, ROOT, child_env, free_port, serving
 from tests.conftest import PG_HOST
 from tests.dashboards import Browser
-from tests.docker.stack import ARTEFACTS, PROJECT, Stack, engine_env, predict, stack
+from tests.docker.stack import ARTEFACTS, PROJECT, Stack, predict, stack
 from tests.test_containers import project_packages, service_modules
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -34,12 +33,6 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow]
 APP_SERVICES = ("migrate", "training", "service", "worker", "beat", "dashboard")
 ROWS = 569  # the example table `scorebox seed` loads
 BIG_ROWS = 400_000
-
-
-@pytest.fixture(scope="module")
-def docker_env() -> dict[str, str]:
-    """This machine's environment pointed at the tests' Docker engine."""
-    return engine_env(dict(os.environ))
 
 
 @pytest.fixture(scope="module")
