@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from dashboard import queries
-from scorebox.profile import SCORE, Drift, bin_labels, drift, rows_needed
+from scorebox.profile import SCORE, Drift, bin_labels, drift
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,18 @@ def _spans(numbers: np.ndarray, span: int) -> Iterator[np.ndarray]:
 
 @dataclass(frozen=True)
 class Judged:
-    """A feature's (or the score's) drift, and how many rows its PSI needs to be judged."""
+    """A feature's (or the score's) drift as the pages show it: how many rows its PSI needs to
+    be judged, and whether it has them (both the Drift's own, judged at the job's threshold)."""
 
     drift: Drift
-    needed: int
+
+    @property
+    def needed(self) -> int:
+        return self.drift.needed
 
     @property
     def judged(self) -> bool:
-        return self.drift.rows >= self.needed
+        return self.drift.judged
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class JobDrift:
     @property
     def flagged(self) -> list[Judged]:
         """Items judged and past the warning threshold, largest PSI first."""
-        found = [j for j in self.items if j.judged and j.drift.psi > self.warn]
+        found = [j for j in self.items if j.drift.drifted(self.warn)]
         return sorted(found, key=lambda j: -j.drift.psi)
 
     @property
@@ -121,11 +125,10 @@ def judge(profile: Mapping[str, Any], counts: Mapping[str, np.ndarray], warn: fl
     profile cannot be read (the job's row is the database's, not signed)."""
     try:
         layouts = {**profile["features"], SCORE: profile.get("score")}
-        found = drift(profile, counts)
         items = []
-        for d in found:
+        for d in drift(profile, counts, warn):
             bin_labels(layouts[d.name])  # what the page will draw of it
-            items.append(Judged(d, rows_needed(layouts[d.name]["shares"], warn)))
+            items.append(Judged(d))
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise ValueError(f"the job's training profile is unreadable ({exc!r})") from None
     return JobDrift(items, warn)

@@ -237,9 +237,14 @@ class Drift:
     unseen_now: float  # share of rows with a category never seen in training
     needed: int = 1  # the fewest rows from which its PSI is judged (rows_needed), when asked
 
+    @property
+    def judged(self) -> bool:
+        """Whether enough rows were counted to judge its PSI."""
+        return self.rows >= self.needed
+
     def drifted(self, warn: float) -> bool:
         """Past ``warn``, from enough rows to say so."""
-        return self.psi > warn and self.rows >= self.needed
+        return self.judged and self.psi > warn
 
 
 def drift(
