@@ -170,18 +170,21 @@ class PredictionLog:
             size += cost
         return taken, size
 
+    async def _write_next(self) -> bool:
+        """Take the next rows off the buffer and write them; whether they were written."""
+        rows, size = self._take()
+        try:
+            return await self._write(rows)
+        finally:
+            self._bytes -= size
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval + self._pause)
             buffered.set(len(self._pending))
             buffered_bytes.set(self._bytes)
             while self._pending:
-                rows, size = self._take()
-                try:
-                    written = await self._write(rows)
-                finally:
-                    self._bytes -= size
-                if not written:
+                if not await self._write_next():
                     break
 
     async def close(self) -> None:
@@ -192,12 +195,7 @@ class PredictionLog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         while self._pending:
-            rows, size = self._take()
-            try:
-                written = await self._write(rows)
-            finally:
-                self._bytes -= size
-            if not written:
+            if not await self._write_next():
                 dropped.labels(reason="database error").inc(len(self._pending))
                 self._pending.clear()
                 self._bytes = 0
