@@ -46,6 +46,20 @@ def _special(name: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
     return info
 
 
+def xz_bomb(name: str, size: int) -> bytes:
+    """An xz tar whose member ``name`` is ``size`` bytes of zeros (a few hundred KB)."""
+    compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0)
+    info = tarfile.TarInfo(name)
+    info.size = size
+    parts = [compressor.compress(info.tobuf(format=tarfile.PAX_FORMAT))]
+    zeros = bytes(2**20)
+    for _ in range(size // len(zeros)):
+        parts.append(compressor.compress(zeros))
+    parts.append(compressor.compress(bytes(size % len(zeros) + (-size % 512))))
+    parts.append(compressor.compress(bytes(1024)))
+    return b"".join([*parts, compressor.flush()])
+
+
 def test_the_listed_files_are_extracted_and_one_can_be_read_alone(tmp_path: Path) -> None:
     data = _archive(*FILES.items())
     extract(data, _manifest(FILES), tmp_path / "out", ROOMY)
@@ -102,13 +116,7 @@ def test_caps_refuse_before_reading_and_a_bomb_costs_little(tmp_path: Path) -> N
             extract(data, _manifest(FILES), tmp_path / "out", limits)
         assert refused.value.reason == "too_large"
     # 256 MiB of zeros where the manifest lists 6 bytes: reading stops at what it allows.
-    compressor = lzma.LZMACompressor(preset=0)
-    info = tarfile.TarInfo("saved_model.pkl")
-    info.size = 256 * 2**20
-    parts = [compressor.compress(info.tobuf())]
-    zeros = bytes(2**20)
-    parts += [compressor.compress(zeros) for _ in range(256)]
-    bomb = b"".join([*parts, compressor.flush()])
+    bomb = xz_bomb("saved_model.pkl", 256 * 2**20)
     assert len(bomb) < 400_000
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     began = time.perf_counter()

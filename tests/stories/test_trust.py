@@ -39,6 +39,7 @@ from scorebox.settings import Settings, load_settings
 from scorebox.signing import create_key, public_path, sign
 from scorebox_cli.processes import BIN, free_port, serving, stop
 from tests.conftest import PG_HOST, process_env
+from tests.test_archive import xz_bomb
 
 NAME = "trust"
 
@@ -498,20 +499,6 @@ def _signed_case(registry: Registry, tag: str, archive: bytes, files: dict[str, 
     _insert_as(registry, "postgres", tag, archive, signature=envelope, metadata=metadata)
 
 
-def _bomb(name: str, size: int) -> bytes:
-    """An xz tar whose member ``name`` is ``size`` bytes of zeros (a few hundred KB)."""
-    compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0)
-    info = tarfile.TarInfo(name)
-    info.size = size
-    parts = [compressor.compress(info.tobuf(format=tarfile.PAX_FORMAT))]
-    zeros = bytes(2**20)
-    for _ in range(size // len(zeros)):
-        parts.append(compressor.compress(zeros))
-    parts.append(compressor.compress(bytes(size % len(zeros) + (-size % 512))))
-    parts.append(compressor.compress(bytes(1024)))
-    return b"".join([*parts, compressor.flush()])
-
-
 @pytest.mark.slow
 def test_crafted_archives_are_refused_in_bounded_memory_and_time(
     registry: Registry, tmp_path: Path
@@ -531,13 +518,13 @@ def test_crafted_archives_are_refused_in_bounded_memory_and_time(
         info.type, info.linkname, info.size = kind, link, size
         return info
 
-    bomb = _bomb("saved_model.pkl", 1536 * 2**20)  # 1.5 GiB of zeros in ~0.2 MB
+    bomb = xz_bomb("saved_model.pkl", 1536 * 2**20)  # 1.5 GiB of zeros in ~0.2 MB
     _insert_as(registry, "postgres", case("unsigned-bomb", "unsigned", "not signed"), bomb)
     _signed_case(registry, case("bomb-as-listed", "tampered", "bytes in the archive"), bomb, files)
     _signed_case(
         registry,
         case("bomb-unlisted", "tampered", "does not list"),
-        _bomb("extra.bin", 1536 * 2**20),
+        xz_bomb("extra.bin", 1536 * 2**20),
         small,
     )
     pax = io.BytesIO()
