@@ -71,22 +71,32 @@ def database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def schema(database: str) -> str:
-    """A fresh schema in this run's database, for one test."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
+def schema_url(database: str, schema: str) -> str:
+    """A URL of this run's ``database`` whose connections see only ``schema``."""
+    options = quote(f"-csearch_path={schema}")
+    return f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}?options={options}"
+
+
+def new_schema(database: str, prefix: str) -> tuple[str, str]:
+    """A new schema in this run's ``database`` named ``prefix_...``, and a URL that sees it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(
         f"host={PG_HOST} user=postgres dbname={database}", autocommit=True
     ) as conn:
         conn.execute(f'CREATE SCHEMA "{name}"')
-    return name
+    return name, schema_url(database, name)
+
+
+@pytest.fixture
+def schema(database: str) -> str:
+    """A fresh schema in this run's database, for one test."""
+    return new_schema(database, "t")[0]
 
 
 @pytest.fixture
 def database_url(database: str, schema: str) -> str:
     """A URL whose connections see only this test's schema."""
-    options = quote(f"-csearch_path={schema}")
-    return f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}?options={options}"
+    return schema_url(database, schema)
 
 
 @pytest.fixture
@@ -112,6 +122,19 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         "BENTOML_HOME": str(_BENTO_HOME),
         **extra,
     }
+
+
+def service_worker_pid(port: int) -> int:
+    """The pid of the only worker process of the service on ``port`` (started by
+    :func:`scorebox_cli.processes.serving`, whose BentoML home is named after its port)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline", "environ"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        home = (process.info["environ"] or {}).get("BENTOML_HOME", "")
+        if "_bentoml_impl.worker.service" in cmdline and home.endswith(f"bentoml-home-{port}"):
+            return int(process.pid)
+    raise AssertionError(f"no worker of the service on port {port}")
 
 
 @pytest.fixture
@@ -143,13 +166,8 @@ def trained(database: str) -> TrainedModel:
     """Seed the example table in a schema of its own and train the model on it."""
     from training import train
 
-    schema = f"served_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
-    settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}", model_name="served"
-    )
+    _, url = new_schema(database, "served")
+    settings = load_settings(database_url=url, model_name="served")
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine, settings.predictions_table)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sqlalchemy import Engine, text
@@ -28,7 +26,7 @@ from scorebox.modelinfo import TRAINING_ROWS, training_row_ids
 from scorebox.settings import Settings, load_settings
 from scorebox_cli.processes import BIN
 from service.predict import Predictor
-from tests.conftest import PG_HOST, process_env
+from tests.conftest import new_schema, process_env
 
 KEY, TARGET = "respondent", "had_affair"
 
@@ -93,15 +91,11 @@ def _score(
 def survey(database: str) -> Iterator[Survey]:
     from training import train
 
-    schema = f"cmp_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
-    from urllib.parse import quote
+    schema, url = new_schema(database, "cmp")
 
     table = f'{schema}."AffairSurvey"'
     settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}",
+        database_url=url,
         model_name="survey",
         feature_table=table,
         id_column=KEY,
@@ -283,17 +277,13 @@ def test_compare_on_training_rows_only_when_asked_and_warns_when_nothing_else_is
 def test_multiclass_labels_get_roc_auc_one_vs_rest_and_log_loss(
     database: str, tmp_path: Path
 ) -> None:
-    from urllib.parse import quote
 
     from scorebox.seed import seed
     from training import train
 
-    schema = f"cmp_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
+    schema, url = new_schema(database, "cmp")
     settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}",
+        database_url=url,
         model_name="penguins",
         feature_table="penguins",
     )

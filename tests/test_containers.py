@@ -9,17 +9,15 @@ import shutil
 import subprocess
 import time
 import tomllib
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import psycopg
 import pytest
 import yaml
 
 from scorebox_cli.processes import BIN, ROOT, child_env, free_port, serving, stop, working
-from tests.conftest import PG_HOST, TrainedModel, process_env
+from tests.conftest import PG_HOST, TrainedModel, new_schema, process_env
 
 
 def _compose() -> str:
@@ -161,9 +159,7 @@ def _local(
 def test_every_container_command_runs_as_a_local_process(
     database: str, redis_url: str, tmp_path: Path
 ) -> None:
-    schema = f"compose_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
+    schema, _ = new_schema(database, "compose")
     services = _config(ROOT / ".env.example")["services"]
     port = free_port()
     home = tmp_path / "bentoml"

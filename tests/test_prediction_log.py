@@ -11,15 +11,12 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-import psycopg
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
@@ -32,7 +29,7 @@ from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
 from scorebox_cli.processes import BIN, serving
 from service.predlog import PredictionLog
-from tests.conftest import PG_HOST, process_env
+from tests.conftest import new_schema, process_env, service_worker_pid
 
 MiB = 2**20
 
@@ -56,12 +53,9 @@ class Logged:
 def logged(database: str) -> Iterator[Logged]:
     from training import train
 
-    schema = f"plog_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
+    _, url = new_schema(database, "plog")
     settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}",
+        database_url=url,
         feature_table="penguins",
         target_column="species",
         model_name="logged",
@@ -92,17 +86,6 @@ def _memory(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-def _worker_pid(port: int) -> int:
-    import psutil
-
-    for process in psutil.process_iter(["cmdline", "environ"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        home = (process.info["environ"] or {}).get("BENTOML_HOME", "")
-        if "_bentoml_impl.worker.service" in cmdline and home.endswith(f"bentoml-home-{port}"):
-            return int(process.pid)
-    raise AssertionError(f"no worker of the service on port {port}")
-
-
 def _metric(url: str, name: str) -> float:
     total = 0.0
     for line in httpx.get(f"{url}/metrics").text.splitlines():
@@ -131,7 +114,7 @@ def test_huge_unseen_values_from_many_clients_cost_bounded_memory_and_are_logged
     answers: list[tuple[int, Any]] = []
     with serving(env, tmp_path / "serve.log", memory_limit=3 * 2**30) as url:
         port = int(url.rsplit(":", 1)[1])
-        worker = _worker_pid(port)
+        worker = service_worker_pid(port)
         expected = httpx.post(f"{url}/predict", json={"records": [missing]}).json()
         for _ in range(20):  # warm up, then measure from here
             httpx.post(f"{url}/predict", json={"records": [logged.record]}).raise_for_status()

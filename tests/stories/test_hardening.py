@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from scorebox_cli.processes import serving
-from tests.conftest import TrainedModel, process_env
+from tests.conftest import TrainedModel, process_env, service_worker_pid
 
 MiB = 2**20
 # What one hostile request may add to a worker's peak resident memory.
@@ -30,17 +30,6 @@ class Service:
     url: str
     port: int
     worker: int  # the pid of its only worker process
-
-
-def _worker_pid(port: int) -> int:
-    import psutil
-
-    for process in psutil.process_iter(["cmdline", "environ"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        home = (process.info["environ"] or {}).get("BENTOML_HOME", "")
-        if "_bentoml_impl.worker.service" in cmdline and home.endswith(f"bentoml-home-{port}"):
-            return int(process.pid)
-    raise AssertionError(f"no worker of the service on port {port}")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def service(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> 
     log = tmp_path_factory.mktemp("hardening") / "serve.log"
     with serving(env, log, memory_limit=3 * 2**30) as url:
         port = int(url.rsplit(":", 1)[1])
-        yield Service(url, port, _worker_pid(port))
+        yield Service(url, port, service_worker_pid(port))
 
 
 def _memory(pid: int, field: str) -> int:

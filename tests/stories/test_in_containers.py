@@ -19,11 +19,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import psycopg
 import pytest
 
 from scorebox_cli.processes import BIN, ROOT, child_env, free_port, serving
-from tests.conftest import PG_HOST
+from tests.conftest import PG_HOST, new_schema
 from tests.dashboards import Browser
 from tests.docker.stack import ARTEFACTS, PROJECT, Stack, predict, stack
 from tests.test_containers import project_packages, service_modules
@@ -128,9 +127,7 @@ def host_model(up: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 def _registry_less_url(database: str) -> str:
     """A database URL on this machine's PostgreSQL whose schema has no registry: a service on
     it serves from its local store."""
-    schema = f"noreg_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
+    schema, _ = new_schema(database, "noreg")
     return f"postgresql://postgres@{PG_HOST}:5432/{database}?options=" + quote(
         f"-csearch_path={schema}"
     )

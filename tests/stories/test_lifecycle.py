@@ -10,16 +10,13 @@ import itertools
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sqlalchemy import Engine, text
@@ -29,7 +26,7 @@ from scorebox.migrate import upgrade
 from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
 from scorebox_cli.processes import BIN, serving, working
-from tests.conftest import PG_HOST, process_env
+from tests.conftest import new_schema, process_env
 
 NAME = "lifecycle"
 
@@ -49,12 +46,9 @@ class Registry:
 def registry(database: str, redis_url: str) -> Iterator[Registry]:
     from training import train
 
-    schema = f"life_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
+    _, url = new_schema(database, "life")
     settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}",
+        database_url=url,
         model_name=NAME,
         redis_url=redis_url,
         chunk_size=200,

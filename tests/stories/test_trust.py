@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -38,7 +37,7 @@ from scorebox.seed import seed
 from scorebox.settings import Settings, load_settings
 from scorebox.signing import create_key, public_path, sign
 from scorebox_cli.processes import BIN, free_port, serving, stop
-from tests.conftest import PG_HOST, process_env
+from tests.conftest import PG_HOST, new_schema, process_env
 from tests.test_archive import xz_bomb
 
 NAME = "trust"
@@ -91,13 +90,10 @@ def registry(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     create_key(key_a)
     create_key(key_b)
     (trusted / "a.pub").write_text(public_path(key_a).read_text())
-    schema = f"trust_{uuid.uuid4().hex[:8]}"
+    schema, url = new_schema(database, "trust")
     inserter = f"scorebox_inserter_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"host={PG_HOST} user=postgres dbname={database}", autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:5432/{database}"
     settings = load_settings(
-        database_url=f"{url}?options={quote(f'-csearch_path={schema}')}",
+        database_url=url,
         model_name=NAME,
         signing_key=key_a,
         trusted_keys=str(trusted),
